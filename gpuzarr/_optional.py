@@ -1,0 +1,90 @@
+"""Optional dependencies, declared once: each probed lazily, once, and cached.
+
+Every GPU or integration import in gpuzarr goes through here, so a CPU-only install
+never pays for (or crashes on) a missing CUDA stack, and ``gpuzarr info`` can say why
+a path is not taken. A probe returns an :class:`Availability` with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether an optional component is usable, and why not when it is not."""
+
+    usable: bool
+    reason: str = ""
+    version: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.usable
+
+
+def _import(name: str) -> tuple[ModuleType | None, str]:
+    try:
+        return importlib.import_module(name), ""
+    except Exception as exc:  # ImportError, or a broken CUDA library raising OSError
+        return None, f"cannot import {name}: {exc.__class__.__name__}: {exc}"
+
+
+@functools.cache
+def cupy_device() -> Availability:
+    """CuPy imports and sees at least one CUDA device."""
+    cp, why = _import("cupy")
+    if cp is None:
+        return Availability(False, why + " (pip install 'gpuzarr[gpu]')")
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return Availability(False, f"CuPy {cp.__version__} sees no CUDA device: {exc}", cp.__version__)
+    if n < 1:
+        return Availability(False, "CuPy sees no CUDA device", cp.__version__)
+    return Availability(True, "", cp.__version__)
+
+
+@functools.cache
+def nvcomp() -> Availability:
+    """nvCOMP's Python module imports (``from nvidia import nvcomp``)."""
+    mod, why = _import("nvidia.nvcomp")
+    if mod is None:
+        return Availability(False, why + " (pip install nvidia-nvcomp-cu13)")
+    return Availability(True, "", getattr(mod, "__version__", None))
+
+
+@functools.cache
+def kvikio() -> Availability:
+    """kvikio imports (its reads still need a CUDA driver; see :func:`gpu_engine`)."""
+    mod, why = _import("kvikio")
+    if mod is None:
+        return Availability(False, why + " (pip install kvikio-cu13)")
+    return Availability(True, "", getattr(mod, "__version__", None))
+
+
+@functools.cache
+def gpu_engine() -> Availability:
+    """The GPU engine can run: a CUDA device is visible to CuPy and nvCOMP loads."""
+    dev = cupy_device()
+    if not dev:
+        return dev
+    nv = nvcomp()
+    if not nv:
+        return nv
+    return Availability(True, "", dev.version)
+
+
+def module_available(name: str) -> Availability:
+    """A plain import probe for integrations (``torch``, ``nvidia.dali``, ``pynvml`` ...)."""
+    return _module_available(name)
+
+
+@functools.cache
+def _module_available(name: str) -> Availability:
+    mod, why = _import(name)
+    if mod is None:
+        return Availability(False, why)
+    return Availability(True, "", getattr(mod, "__version__", None))

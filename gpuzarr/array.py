@@ -1,0 +1,231 @@
+"""The public handles: :func:`open_array`, :func:`open_group` and :class:`ArrayHandle`.
+
+An :class:`ArrayHandle` wraps one Zarr 3 array for batched reads. It keeps only what
+it needs to read (metadata, a fetcher chosen once, the decode chain), reads a whole
+batch with :meth:`ArrayHandle.read_batch` through the pipeline
+
+    regions → planner → chunk reader (cache, shard index, fetcher) → engine
+
+and survives pickling (it is rebuilt from its source in the child), so it can be
+handed to DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from gpuzarr.chunk_reader import make_chunk_reader
+from gpuzarr.device import resolve_engine
+from gpuzarr.errors import ArrayNotFoundError, GpuzarrError, NotAZarrArrayError, UnsupportedCodecError
+from gpuzarr.io.select import make_fetcher
+from gpuzarr.planning import BatchPlan, plan_batch
+
+
+def _describe_source(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return repr(source)
+
+
+def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, Any]) -> Any:
+    """Open ``source`` read-only with zarr-python, mapping its errors onto ours."""
+    import zarr
+
+    if not isinstance(source, (str, os.PathLike)):
+        node = source
+        if path:
+            node = node[path]
+        return node
+    where = os.fspath(source)
+    if "://" not in where and not os.path.exists(where):
+        raise ArrayNotFoundError(f"{where}: no such file or directory")
+    try:
+        kwargs: dict[str, Any] = {"mode": "r"}
+        if storage_options:
+            kwargs["storage_options"] = storage_options
+        if path:
+            kwargs["path"] = path
+        return zarr.open(where, **kwargs)
+    except GpuzarrError:
+        raise
+    except FileNotFoundError as exc:
+        raise ArrayNotFoundError(f"{where}{'/' + path if path else ''}: no Zarr array or group found ({exc})") from exc
+    except Exception as exc:  # zarr raises a variety: NodeNotFound, KeyError, JSON errors, auth errors
+        name = type(exc).__name__
+        if "NotFound" in name or isinstance(exc, KeyError):
+            raise ArrayNotFoundError(f"{where}{'/' + path if path else ''}: no Zarr node found ({name}: {exc})") from exc
+        raise NotAZarrArrayError(f"{where}{'/' + path if path else ''}: cannot be opened as Zarr ({name}: {exc})") from exc
+
+
+class ArrayHandle:
+    """One Zarr array, ready for batched reads of equal-shape regions."""
+
+    def __init__(self, zarr_array: Any, *, name: str | None = None, cache: Any = None,
+                 _source: tuple[Any, str | None, dict[str, Any]] | None = None) -> None:
+        import zarr
+
+        if not isinstance(zarr_array, zarr.Array):
+            raise NotAZarrArrayError(f"{name or zarr_array!r} is a {type(zarr_array).__name__}, not a Zarr array")
+        self.zarr_array = zarr_array
+        self.name = name or f"{zarr_array.store}/{zarr_array.path}".rstrip("/")
+        self._source = _source
+        self.cache = cache
+        meta = zarr_array.metadata
+        if meta.zarr_format != 3:
+            raise UnsupportedCodecError(f"{self.name}: Zarr format {meta.zarr_format} is not supported (Zarr 3 only)")
+        self.shape: tuple[int, ...] = tuple(int(s) for s in zarr_array.shape)
+        if len(self.shape) == 0:
+            raise UnsupportedCodecError(f"{self.name}: 0-dimensional arrays are not supported")
+        self.fetcher = make_fetcher(zarr_array.store)
+        self.reader, self.chain, self.chunks = make_chunk_reader(
+            self.fetcher, meta, zarr_array.path, self.name, cache=cache
+        )
+        self.shards: tuple[int, ...] | None = self.reader.shard.shard_shape if self.reader.shard else None
+        self.dtype: np.dtype = self.chain.dtype
+        self.fill_value = np.asarray(meta.fill_value, dtype=self.dtype)[()]
+
+    # ------------------------------------------------------------ properties
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return (f"<gpuzarr.ArrayHandle {self.name} shape={self.shape} chunks={self.chunks} "
+                f"dtype={self.dtype} codecs={'/'.join(self.chain.codec_names)}>")
+
+    # ------------------------------------------------------------ reading
+    def plan(self, regions: Sequence[object]) -> BatchPlan:
+        """The chunk plan for a batch of regions (no I/O)."""
+        return plan_batch(regions, self.shape, self.chunks, self.name)
+
+    def read_batch(
+        self,
+        regions: Sequence[object],
+        device: str = "auto",
+        *,
+        transform: Any = None,
+        strict: bool = False,
+        out: Any = None,
+    ) -> Any:
+        """Read equal-shape ``regions`` and return them stacked: ``(len(regions), *region_shape)``.
+
+        ``device``: ``"cpu"`` returns NumPy, ``"cuda"`` CuPy, ``"auto"`` the GPU when one is
+        usable. Each chunk the batch touches is fetched and decoded once. Values equal
+        zarr-python's ``arr[region]`` for every region. ``transform`` optionally casts,
+        normalises and re-lays out the batch (fused into assembly on the GPU).
+        """
+        plan = self.plan(regions)
+        return self.read_plan(plan, device=device, transform=transform, strict=strict, out=out)
+
+    def read_plan(self, plan: BatchPlan, device: str = "auto", *, transform: Any = None,
+                  strict: bool = False, out: Any = None) -> Any:
+        """Execute a plan made by :meth:`plan` (lets a loader plan ahead and prefetch)."""
+        engine = resolve_engine(device, strict=strict)
+        encoded = self.reader.read(plan.chunk_coords)
+        keys = self.reader.chunk_keys(plan.chunk_coords)
+        return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
+                                          array_name=self.name, transform=transform, out=out)
+
+    def __getitem__(self, region: object) -> Any:
+        """One region on the CPU, like ``zarr_array[region]`` (slices with step 1 and integers)."""
+        return self.read_batch([region], device="cpu")[0]
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self.fetcher.close()
+
+    def __enter__(self) -> ArrayHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._source is None:
+            return {"zarr_array": self.zarr_array, "name": self.name}
+        return {"source": self._source, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "source" in state:
+            source, path, opts = state["source"]
+            node = _open_zarr_node(source, path, opts)
+            self.__init__(node, name=state["name"], _source=state["source"])  # type: ignore[misc]
+        else:
+            self.__init__(state["zarr_array"], name=state["name"])  # type: ignore[misc]
+
+
+class GroupHandle:
+    """A Zarr group: index it by name (``group["raw"]``, ``group["lr/2x"]``) for array handles."""
+
+    def __init__(self, zarr_group: Any, name: str, source: tuple[Any, str | None, dict[str, Any]] | None,
+                 cache: Any = None) -> None:
+        self.zarr_group = zarr_group
+        self.name = name
+        self._source = source
+        self.cache = cache
+
+    def __getitem__(self, key: str) -> ArrayHandle | GroupHandle:
+        import zarr
+
+        try:
+            node = self.zarr_group[key]
+        except KeyError as exc:
+            raise ArrayNotFoundError(f"{self.name}: no array or group named {key!r}") from exc
+        name = f"{self.name}/{key}"
+        sub_source = None
+        if self._source is not None:
+            src, base, opts = self._source
+            sub_source = (src, f"{base}/{key}" if base else key, opts)
+        if isinstance(node, zarr.Group):
+            return GroupHandle(node, name, sub_source, self.cache)
+        return ArrayHandle(node, name=name, cache=self.cache, _source=sub_source)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.zarr_group
+
+    def keys(self) -> Iterator[str]:
+        return iter(sorted(self.zarr_group.keys()))
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.zarr_group.attrs)
+
+    def __repr__(self) -> str:
+        return f"<gpuzarr.GroupHandle {self.name} members={list(self.keys())}>"
+
+
+def open_array(source: Any, *, path: str | None = None, cache: Any = None, **storage_options: Any) -> ArrayHandle:
+    """Open a Zarr 3 array for batched reads.
+
+    ``source`` is a local path, a URL (``s3://bucket/data.zarr``, ``https://...``) or an
+    open ``zarr.Array``. ``storage_options`` go to the store (credentials,
+    ``endpoint_url``, ``anon``...). ``cache`` is an optional encoded-chunk cache shared
+    between arrays (e.g. :class:`gpuzarr.cache.PinnedLRUCache`).
+    """
+    import zarr
+
+    node = _open_zarr_node(source, path, storage_options)
+    name = _describe_source(source) + (f"/{path}" if path else "")
+    if isinstance(node, zarr.Group):
+        raise NotAZarrArrayError(f"{name} is a Zarr group, not an array (members: {sorted(node.keys())[:10]}); "
+                                 "use gpuzarr.open_group or name the array")
+    src = (source, path, storage_options) if isinstance(source, (str, os.PathLike)) else None
+    if src is None:
+        name = f"{node.store}/{node.path}".rstrip("/")
+    return ArrayHandle(node, name=name, cache=cache, _source=src)
+
+
+def open_group(source: Any, *, path: str | None = None, cache: Any = None, **storage_options: Any) -> GroupHandle:
+    """Open a Zarr group; its members open as :class:`ArrayHandle` / :class:`GroupHandle`."""
+    import zarr
+
+    node = _open_zarr_node(source, path, storage_options)
+    name = _describe_source(source) + (f"/{path}" if path else "")
+    if isinstance(node, zarr.Array):
+        raise NotAZarrArrayError(f"{name} is a Zarr array, not a group; use gpuzarr.open_array")
+    src = (source, path, storage_options) if isinstance(source, (str, os.PathLike)) else None
+    return GroupHandle(node, name, src, cache)

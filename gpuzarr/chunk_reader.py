@@ -1,0 +1,268 @@
+"""Chunk coordinates → encoded chunk bytes: key encoding, shard indexes, range coalescing.
+
+This is the layer between the planner and a :class:`~gpuzarr.io.base.ChunkFetcher`.
+For a plain array a chunk is one store key. For a sharded array the planner works on
+the *inner* chunk grid; this reader maps each inner chunk to its shard key, reads the
+shard index once (then keeps it in a bounded cache), and fetches only the byte ranges
+of the inner chunks it needs, merging ranges that touch into one read. An optional
+encoded-chunk cache (e.g. :class:`gpuzarr.cache.PinnedLRUCache`) sits in front of the
+fetcher here, so every engine benefits from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
+from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, SuffixRange
+
+_MAX_UINT64 = np.uint64(2**64 - 1)
+
+
+class EncodedChunkCache(Protocol):
+    """What the reader needs of a cache of encoded chunk bytes (see :mod:`gpuzarr.cache`)."""
+
+    def get_many(self, keys: Sequence[tuple[str, str, str]]) -> list[Buffer | None]: ...
+
+    def put_many(self, items: Sequence[tuple[tuple[str, str, str], Buffer]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ShardLayout:
+    """How inner chunks sit inside shards."""
+
+    shard_shape: tuple[int, ...]
+    chunks_per_shard: tuple[int, ...]
+    index_location: str  # "start" | "end"
+    index_nbytes: int
+    index_chain: DecodeChain
+
+
+class ChunkReader:
+    """Reads the encoded bytes of chunks (by grid coordinates) of one array."""
+
+    def __init__(
+        self,
+        fetcher: ChunkFetcher,
+        metadata: Any,
+        array_path: str,
+        array_name: str,
+        *,
+        cache: EncodedChunkCache | None = None,
+        shard: ShardLayout | None = None,
+        coalesce_gap: int = 0,
+        shard_index_cache_size: int = 4096,
+    ) -> None:
+        self.fetcher = fetcher
+        self.metadata = metadata
+        self.prefix = f"{array_path}/" if array_path else ""
+        self.array_path = array_path
+        self.array_name = array_name
+        self.cache = cache
+        self.shard = shard
+        self.coalesce_gap = coalesce_gap
+        self._index_cache: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
+        self._index_cache_size = shard_index_cache_size
+        self._index_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- keys
+    def _store_key(self, coords: Sequence[int]) -> str:
+        return self.prefix + self.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+
+    def chunk_keys(self, coords: np.ndarray) -> list[str]:
+        """Human-readable keys of chunks (inner chunks name their shard and position)."""
+        if self.shard is None:
+            return [self._store_key(c) for c in coords.tolist()]
+        cps = np.asarray(self.shard.chunks_per_shard, dtype=np.int64)
+        return [
+            f"{self._store_key(s)}[inner {tuple(i)}]"
+            for s, i in zip((coords // cps).tolist(), (coords % cps).tolist(), strict=True)
+        ]
+
+    # ----------------------------------------------------------------- reads
+    def read(self, coords: np.ndarray) -> list[Buffer | None]:
+        """Encoded bytes of each chunk at ``coords`` (U, ndim); ``None`` = never written."""
+        if len(coords) == 0:
+            return []
+        cache_keys = None
+        missing_idx = np.arange(len(coords))
+        out: list[Buffer | None] = [None] * len(coords)
+        if self.cache is not None:
+            store_id = self.fetcher.store_id
+            cache_keys = [(store_id, self.array_path, k) for k in self.chunk_keys(coords)]
+            hits = self.cache.get_many(cache_keys)
+            missing = [i for i, h in enumerate(hits) if h is None]
+            for i, h in enumerate(hits):
+                out[i] = h
+            missing_idx = np.asarray(missing, dtype=np.int64)
+            if missing_idx.size == 0:
+                return out
+        sub = coords[missing_idx]
+        fetched = self._read_uncached(sub)
+        for i, data in zip(missing_idx.tolist(), fetched, strict=True):
+            out[i] = data
+        if self.cache is not None and cache_keys is not None:
+            self.cache.put_many([(cache_keys[i], d) for i, d in zip(missing_idx.tolist(), fetched, strict=True)
+                                 if d is not None])
+        return out
+
+    def _read_uncached(self, coords: np.ndarray) -> list[Buffer | None]:
+        if self.shard is None:
+            return self.fetcher.fetch([self._store_key(c) for c in coords.tolist()])
+        return self._read_inner_chunks(coords)
+
+    # ------------------------------------------------------------- sharding
+    def shard_indexes(self, shard_coords: np.ndarray) -> list[np.ndarray | None]:
+        """Decoded shard indexes (``(*chunks_per_shard, 2)`` uint64), read once then cached."""
+        assert self.shard is not None
+        layout = self.shard
+        keys = [tuple(c) for c in shard_coords.tolist()]
+        with self._index_lock:
+            todo = [k for k in dict.fromkeys(keys) if k not in self._index_cache]
+        if todo:
+            store_keys = [self._store_key(k) for k in todo]
+            rng = (
+                ByteRange(0, layout.index_nbytes)
+                if layout.index_location == "start"
+                else SuffixRange(layout.index_nbytes)
+            )
+            raws = self.fetcher.fetch(store_keys, [rng] * len(todo))
+            decoded: list[np.ndarray | None] = []
+            for key, raw in zip(store_keys, raws, strict=True):
+                if raw is None:
+                    decoded.append(None)
+                    continue
+                try:
+                    index = layout.index_chain.decode(raw, key=key, array=self.array_name)
+                except CorruptChunkError as exc:
+                    raise CorruptChunkError(
+                        f"{self.array_name}: shard index of {key!r} is corrupt: {exc}", array=self.array_name, key=key
+                    ) from exc
+                decoded.append(np.asarray(index, dtype=np.uint64).reshape(*layout.chunks_per_shard, 2))
+            with self._index_lock:
+                for k, idx in zip(todo, decoded, strict=True):
+                    self._index_cache[k] = idx
+                    self._index_cache.move_to_end(k)
+                while len(self._index_cache) > self._index_cache_size:
+                    self._index_cache.popitem(last=False)
+                found = {k: self._index_cache[k] for k in keys if k in self._index_cache}
+            # an index evicted between insert and lookup (tiny cache) is still in `decoded`
+            found.update(zip(todo, decoded, strict=True))
+        else:
+            with self._index_lock:
+                found = {k: self._index_cache[k] for k in keys}
+                for k in found:
+                    self._index_cache.move_to_end(k)
+        return [found[k] for k in keys]
+
+    def _read_inner_chunks(self, coords: np.ndarray) -> list[Buffer | None]:
+        assert self.shard is not None
+        cps = np.asarray(self.shard.chunks_per_shard, dtype=np.int64)
+        shard_coords = coords // cps
+        inner = coords % cps
+        uniq, inverse = np.unique(shard_coords, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        indexes = self.shard_indexes(uniq)
+        n = len(coords)
+        offsets = np.full(n, _MAX_UINT64, dtype=np.uint64)
+        lengths = np.zeros(n, dtype=np.uint64)
+        for s, index in enumerate(indexes):
+            if index is None:
+                continue
+            members = np.flatnonzero(inverse == s)
+            entries = index[tuple(inner[members].T)]
+            offsets[members] = entries[:, 0]
+            lengths[members] = entries[:, 1]
+        present = offsets != _MAX_UINT64
+        out: list[Buffer | None] = [None] * n
+        idx = np.flatnonzero(present)
+        if idx.size == 0:
+            return out
+        starts = offsets[idx].astype(np.int64)
+        lens = lengths[idx].astype(np.int64)
+        shard_of = inverse[idx]
+        order = np.lexsort((starts, shard_of))
+        idx, starts, lens, shard_of = idx[order], starts[order], lens[order], shard_of[order]
+        ends = starts + lens
+        # a new read starts where the shard changes or the gap to the previous range is too big
+        prev_end = np.maximum.accumulate(ends)
+        new_group = np.ones(len(idx), dtype=bool)
+        new_group[1:] = (shard_of[1:] != shard_of[:-1]) | (starts[1:] > prev_end[:-1] + self.coalesce_gap)
+        group_id = np.cumsum(new_group) - 1
+        g_first = np.flatnonzero(new_group)
+        g_start = starts[g_first]
+        g_end = np.maximum.reduceat(ends, g_first)
+        g_keys = [self._store_key(uniq[s]) for s in shard_of[g_first].tolist()]
+        blobs = self.fetcher.fetch(g_keys, [ByteRange(int(a), int(b - a)) for a, b in zip(g_start, g_end, strict=True)])
+        for i, key, blob in zip(range(len(g_keys)), g_keys, blobs, strict=True):
+            if blob is None:
+                raise CorruptChunkError(
+                    f"{self.array_name}: shard {key!r} disappeared between reading its index and its chunks",
+                    array=self.array_name,
+                    key=key,
+                )
+        views = [memoryview(b) for b in blobs]  # type: ignore[arg-type]
+        rel = starts - g_start[group_id]
+        for j, (pos, g, r, ln) in enumerate(zip(idx.tolist(), group_id.tolist(), rel.tolist(), lens.tolist(), strict=True)):
+            del j
+            out[pos] = views[g][r : r + ln]
+        return out
+
+
+def make_chunk_reader(
+    fetcher: ChunkFetcher, metadata: Any, array_path: str, array_name: str, *, cache: Any = None
+) -> tuple[ChunkReader, DecodeChain, tuple[int, ...]]:
+    """Reader, decode chain and read-grid chunk shape for a zarr v3 array (inner grid if sharded)."""
+    from zarr.codecs import ShardingCodec
+    from zarr.core.array_spec import ArrayConfig, ArraySpec
+    from zarr.core.buffer import default_buffer_prototype
+
+    grid = metadata.chunk_grid
+    chunk_shape = getattr(grid, "chunk_shape", None)
+    if chunk_shape is None:
+        raise UnsupportedCodecError(f"{array_name}: chunk grid {type(grid).__name__} is not supported (regular grids only)")
+    chunk_shape = tuple(int(c) for c in chunk_shape)
+    codecs = tuple(metadata.codecs)
+
+    def spec(shape: tuple[int, ...], dtype: Any, fill: Any) -> Any:
+        return ArraySpec(shape=shape, dtype=dtype, fill_value=fill, config=ArrayConfig.from_dict({}),
+                         prototype=default_buffer_prototype())
+
+    dtype = metadata.data_type
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        sc = codecs[0]
+        inner = tuple(int(c) for c in sc.chunk_shape)
+        if any(s % i for s, i in zip(chunk_shape, inner, strict=True)):
+            raise UnsupportedCodecError(f"{array_name}: shard shape {chunk_shape} is not a multiple of {inner}")
+        cps = tuple(s // i for s, i in zip(chunk_shape, inner, strict=True))
+        if any(isinstance(c, ShardingCodec) for c in sc.codecs):
+            raise UnsupportedCodecError(f"{array_name}: nested sharding is not supported")
+        chain = build_decode_chain(tuple(sc.codecs), spec(inner, dtype, metadata.fill_value), array_name)
+        index_spec = sc._get_index_chunk_spec(cps)
+        index_chain = build_decode_chain(tuple(sc.index_codecs), index_spec, array_name)
+        layout = ShardLayout(
+            shard_shape=chunk_shape,
+            chunks_per_shard=cps,
+            index_location=str(getattr(sc.index_location, "value", sc.index_location)),
+            index_nbytes=int(sc._shard_index_size(cps)),
+            index_chain=index_chain,
+        )
+        return make_reader_for(fetcher, metadata, array_path, array_name, cache, layout), chain, inner
+    chain = build_decode_chain(codecs, spec(chunk_shape, dtype, metadata.fill_value), array_name)
+    return make_reader_for(fetcher, metadata, array_path, array_name, cache, None), chain, chunk_shape
+
+
+def make_reader_for(
+    fetcher: ChunkFetcher, metadata: Any, array_path: str, array_name: str, cache: Any, shard: ShardLayout | None
+) -> ChunkReader:
+    """A :class:`ChunkReader`, merging nearby inner-chunk ranges for remote stores only."""
+    remote = not fetcher.store_id.startswith("file://")
+    return ChunkReader(fetcher, metadata, array_path, array_name, cache=cache, shard=shard,
+                       coalesce_gap=(1 << 16) if remote else 0)

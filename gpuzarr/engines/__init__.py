@@ -1,0 +1,19 @@
+"""Engines: the two executors of one :class:`~gpuzarr.planning.BatchPlan`.
+
+An engine takes the plan, the encoded bytes of each distinct chunk (``None`` for a
+chunk never written) and the array's :class:`~gpuzarr.codecs.chain.DecodeChain`, and
+returns the stacked batch. :mod:`gpuzarr.engines.cpu` uses NumPy and a thread pool;
+:mod:`gpuzarr.engines.gpu` uses nvCOMP, CuPy and the kernels in ``kernels/``.
+Which one runs is decided in exactly one place, :func:`gpuzarr.device.resolve_engine`.
+
+Engine interface (duck-typed)::
+
+    engine.name: str                         # "cpu" or "cuda"
+    engine.decode_and_assemble(
+        plan, encoded, chain, fill_value, *, keys, array_name, transform=None,
+    ) -> numpy.ndarray | cupy.ndarray        # shape plan.out_shape (or as transformed)
+
+``keys[u]`` is the chunk key of ``plan.chunk_coords[u]`` (for error messages);
+``transform`` is an optional :class:`gpuzarr.transform.OutputTransform` (cast,
+per-channel normalisation, layout) fused into assembly.
+"""

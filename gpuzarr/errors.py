@@ -1,0 +1,62 @@
+"""The one hierarchy of errors gpuzarr raises.
+
+Every error names what it is about (the array, the chunk key, the region) so a user
+can tell at a glance which input is bad. Each class also inherits the matching
+built-in exception, so ``except FileNotFoundError`` or ``except IndexError`` keep
+working for callers that do not know gpuzarr.
+"""
+
+from __future__ import annotations
+
+
+class GpuzarrError(Exception):
+    """Base class of every error gpuzarr raises on purpose."""
+
+
+class ArrayNotFoundError(GpuzarrError, FileNotFoundError):
+    """The path or URL does not exist, or holds no Zarr node."""
+
+
+class NotAZarrArrayError(GpuzarrError, ValueError):
+    """The path holds something, but not a Zarr array (a group, or foreign data)."""
+
+
+class RegionError(GpuzarrError, IndexError):
+    """A region is out of bounds, has an unsupported step, or differs in shape from the rest."""
+
+
+class CorruptChunkError(GpuzarrError, ValueError):
+    """A stored chunk cannot be decoded: truncated, corrupt header, bad checksum, wrong size."""
+
+    def __init__(self, message: str, *, array: str = "", key: str = "") -> None:
+        super().__init__(message)
+        self.array = array
+        self.key = key
+
+
+class UnsupportedCodecError(GpuzarrError, NotImplementedError):
+    """The array uses a codec, data type or chunk grid that gpuzarr cannot read."""
+
+
+class DeviceUnavailableError(GpuzarrError, RuntimeError):
+    """``device="cuda"`` was asked for but no usable GPU stack is present."""
+
+
+class GpuFallbackError(GpuzarrError, RuntimeError):
+    """``strict=True`` and a chunk needed the CPU fallback on the GPU engine."""
+
+
+class FetchError(GpuzarrError, OSError):
+    """Reading bytes from storage failed after the retry budget was spent."""
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class GpuzarrWarning(UserWarning):
+    """Base class of gpuzarr's warnings."""
+
+
+class CpuFallbackWarning(GpuzarrWarning):
+    """Some chunks were decoded on the CPU because the GPU engine cannot decode their codec."""

@@ -1,0 +1,272 @@
+"""Samplers and the batch loader: which regions to read, and reading them ahead of use.
+
+A sampler is a small deterministic object: for an array shape, an epoch, a rank and a
+world size it returns the regions of that epoch for that rank. :class:`Loader` cuts
+them into batches and reads each with :meth:`ArrayHandle.read_batch`, keeping up to
+``prefetch_batches`` batches in flight on a background thread, so decode overlaps the
+training step. Because the whole epoch's regions are known up front, a loader can
+resume mid-epoch from :meth:`Loader.state_dict` and give every rank a disjoint share.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpuzarr.errors import RegionError
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedContext:
+    """This process's rank and the world size (torch.distributed, else RANK/WORLD_SIZE, else 0/1)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def detect(cls) -> DistributedContext:
+        try:
+            import torch.distributed as dist  # noqa: PLC0415
+
+            if dist.is_available() and dist.is_initialized():
+                return cls(dist.get_rank(), dist.get_world_size())
+        except ImportError:
+            pass
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def _crop_axes(shape: Sequence[int], size: Sequence[int | None]) -> tuple[int, ...]:
+    """Crop extent per axis: ``size`` aligns to the trailing axes; ``None`` means the whole axis."""
+    if len(size) > len(shape):
+        raise RegionError(f"crop size {tuple(size)} has more axes than the array shape {tuple(shape)}")
+    lead = len(shape) - len(size)
+    extent = [0] * lead + [shape[lead + i] if s is None else int(s) for i, s in enumerate(size)]
+    for d in range(lead, len(shape)):
+        if not 0 < extent[d] <= shape[d]:
+            raise RegionError(f"crop size {tuple(size)} does not fit the array shape {tuple(shape)} on axis {d}")
+    return tuple(extent)
+
+
+def _to_regions(starts: np.ndarray, extent: Sequence[int], lead: int) -> list[tuple[Any, ...]]:
+    """Regions from a (n, ndim) start table: axis 0 as an integer when it is a leading axis."""
+    out: list[tuple[Any, ...]] = []
+    for row in starts.tolist():
+        items: list[Any] = []
+        for d, s in enumerate(row):
+            if d == 0 and lead > 0:
+                items.append(s)
+            elif d < lead:
+                items.append(slice(None))
+            else:
+                items.append(slice(s, s + extent[d]))
+        out.append(tuple(items))
+    return out
+
+
+def _shard_for_rank(n: int, rank: int, world_size: int) -> np.ndarray:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return np.arange(rank, n, world_size)
+
+
+@dataclass(frozen=True)
+class RandomCrops:
+    """Uniformly random crops of ``size`` (aligned to the trailing axes).
+
+    For an array ``(N, C, H, W)`` and ``size=(960, 960)``: a random sample index on
+    axis 0 (dropped from the batch, like an integer index), all of ``C``, and a random
+    960×960 window — batches come out as ``(B, C, 960, 960)``. When ``size`` covers
+    every axis, every axis gets a random window. ``samples_per_epoch`` defaults to the
+    number of non-overlapping crops that fit.
+    """
+
+    size: tuple[int | None, ...]
+    seed: int = 0
+    samples_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,))
+
+    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> list[tuple]:
+        extent = _crop_axes(shape, self.size)
+        lead = len(shape) - len(self.size)
+        n = self.samples_per_epoch
+        if n is None:
+            n = int(np.prod([shape[d] // extent[d] if d >= lead else (shape[0] if d == 0 else 1)
+                             for d in range(len(shape))]))
+        rng = np.random.default_rng([self.seed, epoch])
+        cols = []
+        for d in range(len(shape)):
+            if d >= lead:
+                cols.append(rng.integers(0, shape[d] - extent[d] + 1, size=n))
+            elif d == 0:
+                cols.append(rng.integers(0, shape[0], size=n))
+            else:
+                cols.append(np.zeros(n, dtype=np.int64))
+        starts = np.stack(cols, axis=1)[_shard_for_rank(n, rank, world_size)]
+        return _to_regions(starts, extent, lead)
+
+
+@dataclass(frozen=True)
+class GridPatches:
+    """Every window of ``size`` on a regular grid (``stride`` defaults to ``size``), optionally shuffled per epoch.
+
+    Leading axes not covered by ``size`` behave as in :class:`RandomCrops`: axis 0 is
+    enumerated as an integer sample index, the others are taken whole. Windows that
+    would fall off the array's end are not produced.
+    """
+
+    size: tuple[int | None, ...]
+    stride: tuple[int, ...] | None = None
+    shuffle: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,))
+
+    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> list[tuple]:
+        extent = _crop_axes(shape, self.size)
+        lead = len(shape) - len(self.size)
+        stride = self.stride or tuple(extent[lead:])
+        axes_starts = []
+        for d in range(len(shape)):
+            if d >= lead:
+                axes_starts.append(np.arange(0, shape[d] - extent[d] + 1, stride[d - lead]))
+            elif d == 0:
+                axes_starts.append(np.arange(shape[0]))
+            else:
+                axes_starts.append(np.zeros(1, dtype=np.int64))
+        grid = np.stack(np.meshgrid(*axes_starts, indexing="ij"), axis=-1).reshape(-1, len(shape))
+        if self.shuffle:
+            grid = grid[np.random.default_rng([self.seed, epoch]).permutation(len(grid))]
+        starts = grid[_shard_for_rank(len(grid), rank, world_size)]
+        return _to_regions(starts, extent, lead)
+
+
+class Loader:
+    """Iterates batches of regions of one array, reading ahead on a background thread.
+
+    ``for batch in Loader(arr, RandomCrops((960, 960), seed=0), batch_size=32, epochs=2)``
+    yields stacked arrays (NumPy or CuPy per ``device``). Deterministic for a given
+    sampler seed, epoch and rank; :meth:`state_dict` / :meth:`load_state_dict` resume
+    at the next unread batch.
+    """
+
+    def __init__(
+        self,
+        array: Any,
+        sampler: Any,
+        batch_size: int,
+        *,
+        epochs: int = 1,
+        device: str = "auto",
+        drop_last: bool = False,
+        transform: Any = None,
+        prefetch_batches: int = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        self.array = array
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.device = device
+        self.drop_last = drop_last
+        self.transform = transform
+        self.prefetch_batches = max(0, prefetch_batches)
+        ctx = DistributedContext.detect()
+        self.rank = ctx.rank if rank is None else rank
+        self.world_size = ctx.world_size if world_size is None else world_size
+        self._epoch = 0
+        self._batch = 0
+
+    # ------------------------------------------------------------ schedule
+    def epoch_regions(self, epoch: int) -> list[tuple]:
+        return self.sampler.regions(self.array.shape, epoch, self.rank, self.world_size)
+
+    def _batches(self, regions: list[tuple]) -> list[list[tuple]]:
+        batches = [regions[i : i + self.batch_size] for i in range(0, len(regions), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __len__(self) -> int:
+        return sum(len(self._batches(self.epoch_regions(e))) for e in range(self.epochs))
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from: resume with :meth:`load_state_dict`."""
+        return {"epoch": self._epoch, "batch": self._batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+
+    def _schedule(self) -> Iterator[tuple[int, int, list[tuple]]]:
+        start_epoch, start_batch = self._epoch, self._batch
+        for epoch in range(start_epoch, self.epochs):
+            batches = self._batches(self.epoch_regions(epoch))
+            for b in range(start_batch if epoch == start_epoch else 0, len(batches)):
+                yield epoch, b, batches[b]
+
+    # ------------------------------------------------------------ iteration
+    def _read(self, regions: list[tuple]) -> Any:
+        return self.array.read_batch(regions, device=self.device, transform=self.transform)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.prefetch_batches == 0:
+            for epoch, b, regions in self._schedule():
+                batch = self._read(regions)
+                self._epoch, self._batch = epoch, b + 1
+                yield batch
+            self._epoch, self._batch = self.epochs, 0
+            return
+        yield from self._iter_prefetched()
+
+    def _iter_prefetched(self) -> Iterator[Any]:
+        results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.prefetch_batches)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for epoch, b, regions in self._schedule():
+                    if stop.is_set():
+                        return
+                    item = ("batch", (epoch, b, self._read(regions)))
+                    while not stop.is_set():
+                        try:
+                            results.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                results.put(("done", None))
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                results.put(("error", exc))
+
+        worker = threading.Thread(target=produce, name="gpuzarr-loader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, payload = results.get()
+                if kind == "done":
+                    self._epoch, self._batch = self.epochs, 0
+                    return
+                if kind == "error":
+                    raise payload
+                epoch, b, batch = payload
+                self._epoch, self._batch = epoch, b + 1
+                yield batch
+        finally:
+            stop.set()
+            while worker.is_alive():
+                try:
+                    results.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            worker.join()
