@@ -40,6 +40,14 @@ class CpuEngine:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = -1
         self._lock = threading.Lock()
+        self._scratch = threading.local()
+
+    def _scratch_for(self, nbytes: int) -> np.ndarray:
+        """A per-thread decode buffer, reused across chunks of the same size."""
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or buf.nbytes != nbytes:
+            buf = self._scratch.buf = np.empty(nbytes, dtype=np.uint8)
+        return buf
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -75,10 +83,13 @@ class CpuEngine:
         dst_lo = plan.piece_dst_start.tolist()
         ext = plan.piece_extent.tolist()
         axes = range(ndim)
+        scratch_nbytes = chain.stored_nbytes
 
         def assemble_chunk(u: int) -> None:
             data = encoded[u]
-            chunk = None if data is None else chain.decode(data, key=keys[u], array=array_name)
+            chunk = None
+            if data is not None:
+                chunk = chain.decode(data, key=keys[u], array=array_name, scratch=self._scratch_for(scratch_nbytes))
             for p in range(offsets[u], offsets[u + 1]):
                 s, d, e = src_lo[p], dst_lo[p], ext[p]
                 dst = (regions[p], *(slice(d[i], d[i] + e[i]) for i in axes))
