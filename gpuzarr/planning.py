@@ -250,3 +250,28 @@ def plan_batch(
         piece_dst_start=dst_start[order],
         piece_extent=extent[order],
     )
+
+
+def piece_byte_intervals(
+    chunk_shape: Sequence[int], itemsize: int, src_start: np.ndarray, extent: np.ndarray
+) -> np.ndarray:
+    """Byte intervals ``(m, 2)`` of a C-order chunk that cover the given pieces.
+
+    Each piece is widened to whole rows of the last axis (one interval per index of the
+    leading axes), which is exact enough for choosing which compressed blocks of the
+    chunk to decode: blocks are far larger than one row.
+    """
+    shape = np.asarray(chunk_shape, dtype=np.int64)
+    ndim = len(shape)
+    src_start = np.asarray(src_start, dtype=np.int64).reshape(-1, ndim)
+    extent = np.asarray(extent, dtype=np.int64).reshape(-1, ndim)
+    strides = itemsize * np.concatenate([np.cumprod(shape[::-1])[::-1][1:], [1]]).astype(np.int64)
+    if ndim == 1:
+        return np.stack([src_start[:, 0] * itemsize, (src_start[:, 0] + extent[:, 0]) * itemsize], axis=1)
+    row = ndim - 2
+    parts = []
+    for lo, ext in zip(src_start, extent, strict=True):
+        lead = np.indices(tuple(int(e) for e in ext[:row]), dtype=np.int64).reshape(row, -1).T + lo[:row]
+        base = lead @ strides[:row] if row else np.zeros(1, dtype=np.int64)
+        parts.append(np.stack([base + lo[row] * strides[row], base + (lo[row] + ext[row]) * strides[row]], axis=1))
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)

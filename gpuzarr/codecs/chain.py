@@ -21,6 +21,7 @@ from typing import Any
 import numcodecs
 import numpy as np
 
+from gpuzarr.codecs.blosc_native import decode_blocks_into
 from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
 
 try:  # the crc32c package takes any buffer (no copy); zarr itself depends on google-crc32c
@@ -41,11 +42,13 @@ class BloscStep:
     def decode(self, data: Any) -> Any:
         return numcodecs.blosc.decompress(data)
 
-    def decode_into(self, data: Any, dest: np.ndarray) -> np.ndarray:
+    def decode_into(self, data: Any, dest: np.ndarray, intervals: np.ndarray | None = None) -> np.ndarray:
         """Decode into ``dest`` (uint8, exactly the expected size) after checking the header sizes.
 
         Reusing one destination per thread avoids mapping and faulting in fresh pages
         for every chunk, which costs more than the decode itself for multi-MB chunks.
+        With ``intervals`` (byte ranges of ``dest`` that will be read) only the blocks
+        they touch may be decoded; the rest of ``dest`` is then left stale.
         """
         view = memoryview(data).cast("B")
         if len(view) < 16:
@@ -55,6 +58,8 @@ class BloscStep:
             raise ValueError(f"blosc: header says {cbytes} compressed bytes but the chunk has {len(view)}")
         if nbytes != dest.nbytes:
             raise ValueError(f"blosc: header says {nbytes} decoded bytes, expected {dest.nbytes}")
+        if intervals is not None and decode_blocks_into(view, dest, intervals):
+            return dest
         numcodecs.blosc.decompress(view, dest)
         return dest
 
@@ -166,11 +171,20 @@ class DecodeChain:
         """Bytes produced by the bytes→bytes steps (what the ``bytes`` codec reads)."""
         return int(np.prod(self.stored_shape, dtype=np.int64)) * self.dtype.itemsize
 
-    def decode(self, data: Any, *, key: str = "", array: str = "", scratch: np.ndarray | None = None) -> np.ndarray:
+    @property
+    def supports_partial_decode(self) -> bool:
+        """Whether :meth:`decode` can decode only part of a chunk (last step Blosc, stored layout = chunk layout)."""
+        return bool(self.bytes_steps) and isinstance(self.bytes_steps[-1], BloscStep) and not self.array_steps
+
+    def decode(self, data: Any, *, key: str = "", array: str = "", scratch: np.ndarray | None = None,
+               intervals: np.ndarray | None = None) -> np.ndarray:
         """Decode stored bytes into a native-endian array of ``chunk_shape``.
 
         ``scratch`` (uint8, ``stored_nbytes`` long) lets the last Blosc step decode in
         place; the result is then a view of ``scratch``, valid until it is reused.
+        ``intervals`` (byte ranges of the decoded chunk, see
+        :func:`gpuzarr.planning.piece_byte_intervals`) promise that only those bytes
+        will be read, so only the Blosc blocks under them need decoding.
         Any failure (truncated data, bad header, checksum, wrong size) becomes a
         :class:`CorruptChunkError` naming the array and chunk key.
         """
@@ -179,7 +193,7 @@ class DecodeChain:
             last = len(self.bytes_steps) - 1
             for i, step in enumerate(self.bytes_steps):
                 if i == last and scratch is not None and isinstance(step, BloscStep):
-                    buf = step.decode_into(buf, scratch)
+                    buf = step.decode_into(buf, scratch, intervals if self.supports_partial_decode else None)
                 else:
                     buf = step.decode(buf)
             raw = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.view(np.uint8).ravel()

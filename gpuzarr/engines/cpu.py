@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain
-from gpuzarr.planning import BatchPlan
+from gpuzarr.planning import BatchPlan, piece_byte_intervals
+
+
+#: chunks smaller than this are always decoded whole (they hold few Blosc blocks)
+PARTIAL_DECODE_MIN_BYTES = 1 << 18
 
 
 def default_workers() -> int:
@@ -84,12 +88,21 @@ class CpuEngine:
         ext = plan.piece_extent.tolist()
         axes = range(ndim)
         scratch_nbytes = chain.stored_nbytes
+        itemsize = chain.dtype.itemsize
+        # decoding only the needed Blosc blocks pays off once a chunk spans several blocks
+        partial = chain.supports_partial_decode and scratch_nbytes >= PARTIAL_DECODE_MIN_BYTES
 
         def assemble_chunk(u: int) -> None:
             data = encoded[u]
             chunk = None
             if data is not None:
-                chunk = chain.decode(data, key=keys[u], array=array_name, scratch=self._scratch_for(scratch_nbytes))
+                intervals = None
+                if partial:
+                    lo, hi = offsets[u], offsets[u + 1]
+                    intervals = piece_byte_intervals(chain.chunk_shape, itemsize,
+                                                     plan.piece_src_start[lo:hi], plan.piece_extent[lo:hi])
+                chunk = chain.decode(data, key=keys[u], array=array_name, scratch=self._scratch_for(scratch_nbytes),
+                                     intervals=intervals)
             for p in range(offsets[u], offsets[u + 1]):
                 s, d, e = src_lo[p], dst_lo[p], ext[p]
                 dst = (regions[p], *(slice(d[i], d[i] + e[i]) for i in axes))
