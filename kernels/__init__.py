@@ -1,0 +1,1 @@
+"""CUDA C++ sources of gpuzarr, installed as package ``gpuzarr._kernels``."""
