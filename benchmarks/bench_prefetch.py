@@ -1,0 +1,159 @@
+"""Loader throughput over S3 with and without chunk prefetch.
+
+Starts moto + the fault proxy (adding ``--latency`` seconds to every request, 20 ms by
+default) in a *separate process* so the server does not share the GIL with the
+loader, writes a chunked float32 array to it with zarr-python, then reads the same
+seeded sequence of random-crop batches through gpuzarr
+
+* without prefetch (each batch fetches its chunks when it is read), and
+* with :class:`gpuzarr.prefetch.PlannedPrefetcher` queuing the chunks of the next
+  ``depth`` batches into a :class:`gpuzarr.cache.PinnedLRUCache` in the background.
+
+Prints a table and writes JSON (``--out``). Usage::
+
+    python benchmarks/bench_prefetch.py --latency 0.02 --batches 40 --out bench_prefetch.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import gpuzarr
+from gpuzarr.cache import PinnedLRUCache
+from gpuzarr.prefetch import PlannedPrefetcher, Prefetcher
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen, dict[str, str]]:
+    process = subprocess.Popen([sys.executable, str(REPO / "tests" / "s3_server.py"), "--latency", str(latency)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    info = dict(part.split("=", 1) for part in line.split())
+    return process, info
+
+
+def make_batches(shape: tuple[int, int], crop: int, batch_size: int, count: int, seed: int) -> list[list[tuple]]:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        starts = rng.integers(0, [shape[0] - crop, shape[1] - crop], size=(batch_size, 2))
+        batches.append([(slice(int(a), int(a) + crop), slice(int(b), int(b) + crop)) for a, b in starts])
+    return batches
+
+
+def run_without_prefetch(url: str, options: dict[str, Any], batches: list[list[tuple]]) -> float:
+    with gpuzarr.open_array(url, **options) as handle:
+        handle.read_batch(batches[0], device="cpu")  # warm connections
+        started = time.perf_counter()
+        for regions in batches[1:]:
+            handle.read_batch(regions, device="cpu")
+        return time.perf_counter() - started
+
+
+def run_with_prefetch(url: str, options: dict[str, Any], batches: list[list[tuple]], depth: int,
+                      workers: int) -> tuple[float, dict[str, Any]]:
+    cache = PinnedLRUCache(512 << 20)
+    with gpuzarr.open_array(url, cache=cache, **options) as handle:
+        plans = [handle.plan(regions) for regions in batches]
+        chunk_bytes = int(np.prod(handle.chunks)) * handle.dtype.itemsize
+
+        def fetch_into_cache(coords: list[tuple[int, ...]]) -> None:
+            handle.reader.read(np.asarray(coords, dtype=np.int64))
+
+        prefetcher: Prefetcher = Prefetcher(fetch_into_cache, max_bytes_in_flight=64 << 20, workers=workers,
+                                            size_of=lambda _: chunk_bytes)
+        planned = PlannedPrefetcher(prefetcher, lambda i: [tuple(c) for c in plans[i].chunk_coords.tolist()],
+                                    batches_ahead=depth, num_batches=len(plans))
+        handle.read_plan(plans[0], device="cpu")  # warm connections (same as the baseline)
+        started = time.perf_counter()
+        for index in range(1, len(plans)):
+            planned.advance(index)
+            handle.read_plan(plans[index], device="cpu")
+        elapsed = time.perf_counter() - started
+        prefetcher.close()
+        stats = cache.stats()
+        return elapsed, {"cache_hit_rate": round(stats.hit_rate, 3), "prefetched_keys": prefetcher.stats().fetched_keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("bench_prefetch.json"))
+    args = parser.parse_args()
+
+    import zarr
+
+    process, info = start_server(args.latency)
+    try:
+        direct = {"endpoint_url": info["moto"], "key": info["key"], "secret": info["secret"]}
+        proxied = dict(direct, endpoint_url=info["proxy"])
+        from botocore.session import get_session
+
+        client = get_session().create_client("s3", endpoint_url=info["moto"], aws_access_key_id=info["key"],
+                                             aws_secret_access_key=info["secret"], region_name="us-east-1")
+        client.create_bucket(Bucket="bench")
+        url = "s3://bench/data.zarr"
+        shape, chunks = (1024, 1024), (64, 64)
+        array = zarr.create_array(url, shape=shape, chunks=chunks, dtype="float32",
+                                  compressors=zarr.codecs.BloscCodec(cname="lz4"), storage_options=direct)
+        array[:] = np.random.default_rng(0).normal(size=shape).astype("float32")
+        batches = make_batches(shape, args.crop, args.batch_size, args.batches + 1, seed=42)
+        batch_mb = args.batch_size * args.crop * args.crop * 4 / 1e6
+
+        rows: list[dict[str, Any]] = []
+        baseline = run_without_prefetch(url, proxied, batches)
+        rows.append({"mode": "no prefetch", "depth": 0, "seconds": baseline})
+        for depth in args.depths:
+            elapsed, extra = run_with_prefetch(url, proxied, batches, depth, args.workers)
+            rows.append({"mode": "planned prefetch", "depth": depth, "seconds": elapsed, **extra})
+        for row in rows:
+            row["batches_per_s"] = args.batches / row["seconds"]
+            row["mb_per_s"] = row["batches_per_s"] * batch_mb
+            row["speedup"] = baseline / row["seconds"]
+
+        print(f"\nS3 (moto) + {args.latency * 1000:.0f} ms per request, {args.batches} batches of "
+              f"{args.batch_size} x {args.crop}x{args.crop} float32 crops, chunks {chunks}")
+        print(f"{'mode':<18}{'depth':>6}{'batches/s':>11}{'MB/s':>8}{'speedup':>9}{'hit rate':>10}")
+        for row in rows:
+            hit = f"{row['cache_hit_rate']:.0%}" if "cache_hit_rate" in row else "-"
+            print(f"{row['mode']:<18}{row['depth']:>6}{row['batches_per_s']:>11.1f}{row['mb_per_s']:>8.2f}"
+                  f"{row['speedup']:>8.1f}x{hit:>10}")
+        result = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+            "latency_s": args.latency,
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "crop": args.crop,
+            "chunks": chunks,
+            "workers": args.workers,
+            "rows": rows,
+        }
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {args.out}")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+if __name__ == "__main__":
+    main()

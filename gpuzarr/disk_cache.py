@@ -1,0 +1,378 @@
+"""A disk tier for remote chunk bytes, and a fetcher wrapper that puts caches in front.
+
+:class:`DiskCache` keeps fetched bytes in a local directory under a byte budget, with
+an embedded SQLite index (one row per entry: key, file, size, checksum, last access,
+hit count, fetch latency). It is meant for remote data that is read over and over
+(training epochs) and is safe to share between several worker processes:
+
+* **Atomic, never torn.** Bytes go to a temp file, are ``fsync``-ed, then
+  ``os.replace``-d to a unique final name; only *then* is the index row written (in a
+  transaction). A process killed at any point leaves at worst an orphan file without
+  a row, which is never served and is swept later. Every read verifies the length and
+  CRC-32 recorded in the row; a mismatch drops the entry and reads as a miss.
+* **Shared safely.** SQLite in WAL mode with a busy timeout; inserts and evictions run
+  inside ``BEGIN IMMEDIATE`` transactions, so the indexed total never exceeds the
+  budget no matter how many processes write. Files of evicted rows are unlinked after
+  the commit; a reader that loses that race just sees a miss.
+* **Least-recently-used eviction** by ``last_access``.
+
+:class:`CachingFetcher` is a :class:`~gpuzarr.io.base.ChunkFetcher` that answers from
+a :class:`~gpuzarr.cache.PinnedLRUCache` (memory tier) and/or a :class:`DiskCache`
+(disk tier) and fetches only the misses from the wrapped fetcher, filling both tiers.
+Byte ranges are part of the cache key, so shard sub-ranges cache too. Use it to give
+*any* fetcher caching; when the chunk reader already has a memory cache, wrap with the
+disk tier only so bytes are not held twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuzarr.io.base import Buffer, ChunkFetcher, Range, SuffixRange
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    file TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    crc32 INTEGER NOT NULL,
+    created REAL NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    fetch_latency REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_access);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DiskCacheStats:
+    """Counters of this process plus the shared index's totals."""
+
+    hits: int
+    misses: int
+    corrupt: int
+    insertions: int
+    evictions: int
+    rejected: int
+    entries: int
+    bytes_used: int
+    max_bytes: int
+
+
+def range_token(byte_range: Range) -> str:
+    """A stable text form of a range for cache keys."""
+    if byte_range is None:
+        return ""
+    if isinstance(byte_range, SuffixRange):
+        return f"-{byte_range.length}"
+    return f"{byte_range.start}+{byte_range.length}"
+
+
+class DiskCache:
+    """Byte-budgeted on-disk cache with a SQLite index (see module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, *, fsync: bool = True,
+                 busy_timeout_s: float = 60.0, sweep_orphans_older_than_s: float | None = 3600.0) -> None:
+        self.directory = Path(directory).expanduser().resolve()
+        self.data_dir = self.directory / "data"
+        self.tmp_dir = self.directory / "tmp"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.directory / "index.sqlite3"
+        self.max_bytes = int(max_bytes)
+        self.fsync = fsync
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._counter_lock = threading.Lock()
+        self._hits = self._misses = self._corrupt = self._insertions = self._evictions = self._rejected = 0
+        with self._connection() as connection:
+            connection.executescript(_SCHEMA)
+        if sweep_orphans_older_than_s is not None:
+            self.sweep(sweep_orphans_older_than_s)
+
+    # -- sqlite ------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or getattr(self._local, "pid", None) != os.getpid():
+            connection = sqlite3.connect(self.index_path, timeout=self.busy_timeout_s, isolation_level=None,
+                                         check_same_thread=True)
+            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection = connection
+            self._local.pid = os.getpid()
+        return connection
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Any:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def _count(self, **deltas: int) -> None:
+        with self._counter_lock:
+            for name, delta in deltas.items():
+                setattr(self, f"_{name}", getattr(self, f"_{name}") + delta)
+
+    # -- reads -------------------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Bytes of each key (``None`` on a miss or a failed verification)."""
+        if not keys:
+            return []
+        connection = self._connection()
+        rows: dict[str, tuple[str, int, int]] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for key, file, size, crc in connection.execute(
+                f"SELECT key, file, size, crc32 FROM entries WHERE key IN ({marks})", part
+            ):
+                rows[key] = (file, size, crc)
+        found: dict[str, bytes] = {}
+        bad: list[tuple[str, str]] = []
+        for key, (file, size, crc) in rows.items():
+            try:
+                data = (self.data_dir / file).read_bytes()
+            except FileNotFoundError:  # evicted by another process meanwhile
+                continue
+            if len(data) != size or zlib.crc32(data) != crc:
+                bad.append((key, file))
+                continue
+            found[key] = data
+        now = time.time()
+        if found or bad:
+            with self._write_transaction() as tx:
+                if found:
+                    tx.executemany("UPDATE entries SET last_access = ?, hits = hits + 1 WHERE key = ?",
+                                   [(now, k) for k in found])
+                for key, file in bad:
+                    tx.execute("DELETE FROM entries WHERE key = ? AND file = ?", (key, file))
+            for _key, file in bad:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.data_dir / file).unlink()
+        out = [found.get(k) for k in keys]
+        hits = sum(o is not None for o in out)
+        self._count(hits=hits, misses=len(out) - hits, corrupt=len(bad))
+        return out
+
+    def get(self, key: str) -> bytes | None:
+        """Bytes of one key, or ``None``."""
+        return self.get_many([key])[0]
+
+    # -- writes ------------------------------------------------------------------
+    def _write_file(self, key: str, data: Buffer) -> str:
+        digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        name = f"{digest[:2]}/{digest}-{uuid.uuid4().hex[:12]}"
+        final = self.data_dir / name
+        final.parent.mkdir(exist_ok=True)
+        temp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        os.replace(temp, final)
+        if self.fsync:
+            directory = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        return name
+
+    def put_many(self, items: Sequence[tuple[str, Buffer, float]]) -> int:
+        """Store ``(key, data, fetch_latency_s)`` items; returns how many were stored."""
+        written: list[tuple[str, str, int, int, float]] = []
+        for key, data, latency in items:
+            view = memoryview(data)
+            if view.nbytes > self.max_bytes:
+                self._count(rejected=1)
+                continue
+            name = self._write_file(key, view)
+            written.append((key, name, view.nbytes, zlib.crc32(view), float(latency)))
+        if not written:
+            return 0
+        now = time.time()
+        doomed: list[str] = []
+        evicted = 0
+        with self._write_transaction() as tx:
+            for key, name, size, crc, latency in written:
+                old = tx.execute("SELECT file FROM entries WHERE key = ?", (key,)).fetchone()
+                if old is not None:
+                    doomed.append(old[0])
+                tx.execute(
+                    "INSERT OR REPLACE INTO entries (key, file, size, crc32, created, last_access, hits, fetch_latency)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                    (key, name, size, crc, now, now, latency),
+                )
+            total = tx.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+            if total > self.max_bytes:
+                cursor = tx.execute("SELECT key, file, size FROM entries ORDER BY last_access ASC, created ASC")
+                victims: list[tuple[str, str]] = []
+                for key, file, size in cursor:
+                    if total <= self.max_bytes:
+                        break
+                    victims.append((key, file))
+                    total -= size
+                tx.executemany("DELETE FROM entries WHERE key = ? AND file = ?", victims)
+                doomed.extend(file for _, file in victims)
+                evicted = len(victims)
+        for file in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / file).unlink()
+        self._count(insertions=len(written), evictions=evicted)
+        return len(written)
+
+    def put(self, key: str, data: Buffer, fetch_latency_s: float = 0.0) -> bool:
+        """Store one entry."""
+        return self.put_many([(key, data, fetch_latency_s)]) == 1
+
+    # -- maintenance -------------------------------------------------------------
+    def sweep(self, older_than_s: float = 3600.0) -> int:
+        """Remove temp files and files without an index row older than ``older_than_s``.
+
+        Such files are what a process killed mid-write leaves behind; they are never
+        served. Returns how many files were removed.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for temp in self.tmp_dir.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if temp.stat().st_mtime <= cutoff:
+                    temp.unlink()
+                    removed += 1
+        known = {row[0] for row in self._connection().execute("SELECT file FROM entries")}
+        for path in self.data_dir.glob("*/*"):
+            name = f"{path.parent.name}/{path.name}"
+            if name in known:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    # re-check under the write lock: a row may have been added since
+                    with self._write_transaction() as tx:
+                        if tx.execute("SELECT 1 FROM entries WHERE file = ?", (name,)).fetchone() is None:
+                            path.unlink()
+                            removed += 1
+        return removed
+
+    def verify(self) -> list[str]:
+        """Keys whose file is missing or fails its length / CRC check (and drop them)."""
+        rows = list(self._connection().execute("SELECT key FROM entries"))
+        keys = [r[0] for r in rows]
+        results = self.get_many(keys)
+        return [k for k, r in zip(keys, results, strict=True) if r is None]
+
+    def bytes_used(self) -> int:
+        """Total size of indexed entries (shared across processes)."""
+        return int(self._connection().execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+
+    def stats(self) -> DiskCacheStats:
+        """This process's counters plus the shared totals."""
+        entries, used = self._connection().execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries").fetchone()
+        with self._counter_lock:
+            return DiskCacheStats(self._hits, self._misses, self._corrupt, self._insertions, self._evictions,
+                                  self._rejected, int(entries), int(used), self.max_bytes)
+
+    def close(self) -> None:
+        """Close this thread's index connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.directory)!r}, max_bytes={self.max_bytes})"
+
+
+class CachingFetcher(ChunkFetcher):
+    """A fetcher answering from a memory and/or disk tier before the wrapped fetcher."""
+
+    def __init__(self, fetcher: ChunkFetcher, *, memory: Any = None, disk: DiskCache | None = None,
+                 array_path: str = "", close_inner: bool = True) -> None:
+        self.inner = fetcher
+        self.memory = memory
+        self.disk = disk
+        self.array_path = array_path
+        self.close_inner = close_inner
+        self.store_id = fetcher.store_id
+
+    def _memory_key(self, key: str, byte_range: Range) -> Hashable:
+        token = range_token(byte_range)
+        return (self.store_id, self.array_path, f"{key}@{token}" if token else key)
+
+    def _disk_key(self, key: str, byte_range: Range) -> str:
+        return f"{self.store_id}\x00{key}\x00{range_token(byte_range)}"
+
+    def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
+        """Cached bytes where present; the misses fetched in one batch and cached."""
+        keys = list(keys)
+        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        out: list[Buffer | None] = [None] * len(keys)
+        todo = list(range(len(keys)))
+        if self.memory is not None and todo:
+            hits = self.memory.get_many([self._memory_key(keys[i], ranges[i]) for i in todo])
+            for i, hit in zip(todo, hits, strict=True):
+                out[i] = hit
+            todo = [i for i, hit in zip(todo, hits, strict=True) if hit is None]
+        from_disk: list[int] = []
+        if self.disk is not None and todo:
+            hits = self.disk.get_many([self._disk_key(keys[i], ranges[i]) for i in todo])
+            for i, hit in zip(todo, hits, strict=True):
+                if hit is not None:
+                    out[i] = hit
+                    from_disk.append(i)
+            todo = [i for i, hit in zip(todo, hits, strict=True) if hit is None]
+        fetched_ok: list[int] = []
+        if todo:
+            started = time.perf_counter()
+            fetched = self.inner.fetch([keys[i] for i in todo], [ranges[i] for i in todo])
+            latency = (time.perf_counter() - started) / len(todo)
+            for i, data in zip(todo, fetched, strict=True):
+                out[i] = data
+                if data is not None:
+                    fetched_ok.append(i)
+            if self.disk is not None and fetched_ok:
+                self.disk.put_many([(self._disk_key(keys[i], ranges[i]), out[i], latency)  # type: ignore[misc]
+                                    for i in fetched_ok])
+        if self.memory is not None and (fetched_ok or from_disk):
+            self.memory.put_many([(self._memory_key(keys[i], ranges[i]), out[i]) for i in fetched_ok + from_disk])
+        return out
+
+    def prefetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> None:
+        """Bring keys into the caches without returning them (for :mod:`gpuzarr.prefetch`)."""
+        keys = list(keys)
+        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        if self.memory is not None and hasattr(self.memory, "contains_many"):
+            present = self.memory.contains_many([self._memory_key(k, r) for k, r in zip(keys, ranges, strict=True)])
+            pairs = [(k, r) for k, r, p in zip(keys, ranges, present, strict=True) if not p]
+            keys, ranges = [k for k, _ in pairs], [r for _, r in pairs]
+        if keys:
+            self.fetch(keys, ranges)
+
+    def close(self) -> None:
+        """Close the wrapped fetcher (unless ``close_inner=False``) and the disk index."""
+        if self.disk is not None:
+            self.disk.close()
+        if self.close_inner:
+            self.inner.close()
+
+
+__all__ = ["CachingFetcher", "DiskCache", "DiskCacheStats", "range_token"]

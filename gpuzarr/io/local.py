@@ -1,0 +1,297 @@
+"""Local-file fetcher: chunk keys are files under a root directory.
+
+Two read paths, chosen once when the fetcher is built:
+
+* **kvikio** (a CUDA driver and a GPU are usable): every read of a batch is issued
+  at once as a ``kvikio.CuFile.pread`` into one pinned host buffer for the batch
+  (:meth:`LocalFileFetcher.fetch`) or one device buffer
+  (:meth:`LocalFileFetcher.fetch_device`). kvikio uses GPUDirect Storage when the
+  system has it and its POSIX compat mode otherwise; we never force compat mode off.
+* **POSIX** (no usable CUDA driver): ``os.pread`` in a thread pool, one worker per
+  slice of the batch, each read looped until the requested length arrived.
+
+Either way lengths are checked: a read shorter than the file / range it asked for is
+retried by :class:`~gpuzarr.io.retry.RetryPolicy` and never returned; a range past the
+end of a file is a :class:`~gpuzarr.errors.FetchError` naming the key.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuzarr.errors import FetchError
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange
+from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
+
+
+@functools.cache
+def cuda_io_usable() -> bool:
+    """Whether kvikio can read into GPU / pinned memory here (probed once per process).
+
+    True when kvikio imports and CuPy sees a CUDA device (see :mod:`gpuzarr._optional`).
+    Without a CUDA driver kvikio cannot run and the POSIX path is used instead.
+    """
+    from gpuzarr import _optional
+
+    return bool(_optional.kvikio()) and bool(_optional.cupy_device())
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBatch:
+    """Encoded bytes of a batch in one device buffer (CuPy ``uint8``).
+
+    Entry ``i`` occupies ``data[offsets[i] : offsets[i] + lengths[i]]`` when
+    ``present[i]``; a missing key has ``present[i] == False`` and length 0.
+    """
+
+    data: Any
+    offsets: np.ndarray
+    lengths: np.ndarray
+    present: np.ndarray
+
+    def item(self, index: int) -> Any | None:
+        """Device view of entry ``index`` (``None`` when the key is missing)."""
+        if not self.present[index]:
+            return None
+        start = int(self.offsets[index])
+        return self.data[start : start + int(self.lengths[index])]
+
+
+def range_past_end_error(message: str, key: str) -> FetchError:
+    """The error for a byte range the object cannot satisfy (e.g. a truncated shard).
+
+    A :class:`~gpuzarr.errors.FetchError`; specifically ``RangeNotSatisfiableError``
+    once :mod:`gpuzarr.errors` defines it, so the chunk reader can turn it into a
+    :class:`~gpuzarr.errors.CorruptChunkError` naming the array.
+    """
+    from gpuzarr import errors
+
+    error_class = getattr(errors, "RangeNotSatisfiableError", FetchError)
+    return error_class(message, key=key)
+
+
+def resolve_extent(key: str, size: int, byte_range: Range) -> tuple[int, int]:
+    """``(offset, length)`` to read for ``byte_range`` of an object of ``size`` bytes."""
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, ByteRange):
+        if byte_range.start < 0 or byte_range.length < 0:
+            raise FetchError(f"invalid byte range {byte_range} for chunk key {key!r}", key=key)
+        if byte_range.start + byte_range.length > size:
+            raise range_past_end_error(
+                f"byte range {byte_range.start}+{byte_range.length} reaches past the end of "
+                f"chunk key {key!r} ({size} bytes)",
+                key,
+            )
+        return byte_range.start, byte_range.length
+    if isinstance(byte_range, SuffixRange):
+        if byte_range.length > size or byte_range.length < 0:
+            raise range_past_end_error(
+                f"suffix range of {byte_range.length} bytes is longer than chunk key {key!r} ({size} bytes)", key
+            )
+        return size - byte_range.length, byte_range.length
+    raise TypeError(f"unsupported range type {type(byte_range).__name__} for chunk key {key!r}")
+
+
+def _pread_exact(fd: int, length: int, offset: int, key: str) -> bytes:
+    """``length`` bytes at ``offset``; loops over partial reads, ShortReadError at EOF."""
+    if length == 0:
+        return b""
+    first = os.pread(fd, length, offset)
+    if len(first) == length:
+        return first
+    buffer = bytearray(first)
+    while len(buffer) < length:
+        more = os.pread(fd, length - len(buffer), offset + len(buffer))
+        if not more:
+            raise ShortReadError(f"chunk key {key!r}: read {len(buffer)} of {length} bytes at offset {offset}")
+        buffer += more
+    return bytes(buffer)
+
+
+class LocalFileFetcher(ChunkFetcher):
+    """Reads chunk keys as files under ``root`` (see module docstring for the paths)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        max_workers: int | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        use_kvikio: bool | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.store_id = self.root.as_uri()
+        self.retry = retry
+        self.max_workers = max_workers or min(32, 4 * (os.cpu_count() or 1))
+        self.use_kvikio = cuda_io_usable() if use_kvikio is None else bool(use_kvikio and cuda_io_usable())
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+
+    # -- helpers -----------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise FetchError(f"chunk key {key!r} escapes the store root {self.root}", key=key)
+        return self.root / key
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._closed:
+            raise RuntimeError(f"fetcher for {self.store_id} is closed")
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="gpuzarr-local")
+            return self._pool
+
+    def _read_one(self, key: str, byte_range: Range) -> bytes | None:
+        path = self._path(key)
+
+        def attempt() -> bytes | None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            try:
+                size = os.fstat(fd).st_size
+                offset, length = resolve_extent(key, size, byte_range)
+                return _pread_exact(fd, length, offset, key)
+            finally:
+                os.close(fd)
+
+        return self.retry.call(attempt, key=key)
+
+    def _read_slice(self, keys: Sequence[str], ranges: Sequence[Range]) -> list[bytes | None]:
+        return [self._read_one(k, r) for k, r in zip(keys, ranges, strict=True)]
+
+    def _plan_extents(self, keys: Sequence[str], ranges: Sequence[Range]) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray]:
+        """Paths, offsets-in-file, lengths and presence for every key (one stat each)."""
+        paths = [self._path(k) for k in keys]
+        file_offsets = np.zeros(len(keys), dtype=np.int64)
+        lengths = np.zeros(len(keys), dtype=np.int64)
+        present = np.zeros(len(keys), dtype=bool)
+        for i, (key, path, byte_range) in enumerate(zip(keys, paths, ranges, strict=True)):
+            try:
+                size = path.stat().st_size
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            file_offsets[i], lengths[i] = resolve_extent(key, size, byte_range)
+            present[i] = True
+        return paths, file_offsets, lengths, present
+
+    def _kvikio_read_into(self, buffer: Any, keys: Sequence[str], paths: list[Path], file_offsets: np.ndarray,
+                          lengths: np.ndarray, present: np.ndarray, buffer_offsets: np.ndarray) -> None:
+        """Issue every read of the batch at once with kvikio, then check every length."""
+        import kvikio
+
+        handles: list[Any] = []
+        futures: list[tuple[int, Any]] = []
+        try:
+            for i in np.flatnonzero(present & (lengths > 0)):
+                handle = kvikio.CuFile(paths[i], "r")
+                handles.append(handle)
+                start = int(buffer_offsets[i])
+                view = buffer[start : start + int(lengths[i])]
+                futures.append((int(i), handle.pread(view, int(lengths[i]), int(file_offsets[i]))))
+            short: list[int] = []
+            for i, future in futures:
+                if future.get() != int(lengths[i]):
+                    short.append(i)
+        finally:
+            for handle in handles:
+                handle.close()
+        for i in short:  # rare: retry that entry alone with the checked POSIX path
+            data = self._read_one(keys[i], ByteRange(int(file_offsets[i]), int(lengths[i])))
+            if data is None or len(data) != int(lengths[i]):
+                raise FetchError(f"chunk key {keys[i]!r} changed while being read", key=keys[i])
+            start = int(buffer_offsets[i])
+            if hasattr(buffer, "__cuda_array_interface__"):
+                import cupy
+
+                buffer[start : start + len(data)] = cupy.asarray(np.frombuffer(data, dtype=np.uint8))
+            else:
+                buffer[start : start + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+    # -- ChunkFetcher ----------------------------------------------------------------
+    def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
+        """Read a batch; host bytes-like per key, ``None`` for a missing file."""
+        keys = list(keys)
+        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        if len(ranges) != len(keys):
+            raise ValueError(f"fetch got {len(keys)} keys but {len(ranges)} ranges")
+        if not keys:
+            return []
+        if self.use_kvikio:
+            return self._fetch_pinned(keys, ranges)
+        workers = min(self.max_workers, len(keys))
+        if workers <= 1:
+            return list(self._read_slice(keys, ranges))
+        bounds = np.linspace(0, len(keys), workers + 1).astype(int)
+        executor = self._executor()
+        futures = [
+            executor.submit(self._read_slice, keys[a:b], ranges[a:b]) for a, b in itertools.pairwise(bounds.tolist()) if b > a
+        ]
+        results: list[Buffer | None] = []
+        for future in futures:
+            results.extend(future.result())
+        return results
+
+    def _fetch_pinned(self, keys: list[str], ranges: list[Range]) -> list[Buffer | None]:
+        import cupyx
+
+        paths, file_offsets, lengths, present = self._plan_extents(keys, ranges)
+        buffer_offsets = np.zeros(len(keys), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=buffer_offsets[1:])
+        pinned = cupyx.empty_pinned(max(int(lengths.sum()), 1), dtype=np.uint8)
+        self._kvikio_read_into(pinned, keys, paths, file_offsets, lengths, present, buffer_offsets)
+        view = memoryview(pinned)
+        return [
+            view[int(o) : int(o) + int(n)] if p else None
+            for o, n, p in zip(buffer_offsets, lengths, present, strict=True)
+        ]
+
+    def fetch_device(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> DeviceBatch:
+        """Read a batch straight into one device buffer (GDS when available).
+
+        Raises :class:`~gpuzarr.errors.DeviceUnavailableError` without a usable GPU.
+        """
+        from gpuzarr.errors import DeviceUnavailableError
+
+        if not cuda_io_usable():
+            raise DeviceUnavailableError(f"fetch_device on {self.store_id}: no usable CUDA device / kvikio")
+        import cupy
+
+        keys = list(keys)
+        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        paths, file_offsets, lengths, present = self._plan_extents(keys, ranges)
+        buffer_offsets = np.zeros(len(keys), dtype=np.int64)
+        if len(keys) > 1:
+            np.cumsum(lengths[:-1], out=buffer_offsets[1:])
+        device = cupy.empty(max(int(lengths.sum()), 1), dtype=cupy.uint8)
+        self._kvikio_read_into(device, keys, paths, file_offsets, lengths, present, buffer_offsets)
+        return DeviceBatch(device, buffer_offsets, lengths, present)
+
+    def close(self) -> None:
+        """Stop the thread pool (waits for reads in flight)."""
+        self._closed = True
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        mode = "kvikio" if self.use_kvikio else "posix"
+        return f"LocalFileFetcher({str(self.root)!r}, mode={mode})"
+
+
+__all__ = ["DeviceBatch", "LocalFileFetcher", "PermanentFetchError", "cuda_io_usable", "range_past_end_error",
+           "resolve_extent"]

@@ -1,0 +1,428 @@
+"""Remote fetchers: S3 (and S3-compatible) and plain HTTP(S) range reads.
+
+Host reads (:meth:`RemoteFetcher.fetch`) run as one ``asyncio.gather`` per batch on
+fsspec's I/O event-loop thread, bounded by ``max_concurrency`` requests in flight:
+
+* ``s3://`` goes through **s3fs**' aiobotocore client. We chose s3fs over obstore
+  because it is already what zarr-python uses for ``s3://`` URLs, so a user's
+  ``storage_options`` (``key``/``secret``/``token``, ``anon``, ``endpoint_url``,
+  ``client_kwargs``, ``profile``, ``config_kwargs``) mean exactly what they mean to
+  ``zarr.open``, the usual AWS environment variables and config files are honoured by
+  botocore, and it adds no new dependency. We call ``get_object`` on the client
+  directly instead of s3fs' ``cat`` helpers so that *one* retry policy applies
+  (s3fs' and botocore's own retry loops are switched off) and so we see the raw
+  ``Content-Length`` / ``Content-Range`` headers needed to check every length.
+* ``http://`` / ``https://`` goes through **aiohttp** with ``Range`` headers.
+
+Device reads (:meth:`RemoteFetcher.fetch_device`) use kvikio's ``RemoteFile`` (libcurl,
+parallel range reads straight into a device buffer) when a GPU is usable and kvikio
+was built with remote support; otherwise host reads followed by one host→device copy.
+
+Every read is wrapped in :class:`~gpuzarr.io.retry.RetryPolicy`: 429/5xx, timeouts,
+connection resets and short bodies are retried with exponential backoff and jitter;
+a missing key reads as ``None``; bad credentials / access denied / a range past the
+end fail at once; after the budget a :class:`~gpuzarr.errors.FetchError` names the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from gpuzarr.errors import DeviceUnavailableError
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange
+from gpuzarr.io.local import DeviceBatch, cuda_io_usable, range_past_end_error, resolve_extent
+from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+#: storage_options keys that only gpuzarr understands (removed before s3fs sees them).
+_GPUZARR_OPTIONS = ("max_concurrency", "retry", "use_kvikio", "request_timeout")
+
+
+def _parse_content_range(header: str | None) -> tuple[int, int, int | None] | None:
+    if not header:
+        return None
+    match = _CONTENT_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), total
+
+
+def _range_header(byte_range: Range) -> str | None:
+    if byte_range is None:
+        return None
+    if isinstance(byte_range, SuffixRange):
+        return f"bytes=-{byte_range.length}"
+    return f"bytes={byte_range.start}-{byte_range.start + byte_range.length - 1}"
+
+
+def check_body(key: str, byte_range: Range, body: bytes, content_length: int | None,
+               content_range: str | None, status: int | None = None) -> bytes:
+    """Return ``body`` if it is exactly what was asked for; raise otherwise.
+
+    A body shorter than the server promised is :class:`ShortReadError` (retried); a
+    range that the *object* cannot satisfy is :class:`FetchError` (permanent).
+    """
+    if content_length is not None and len(body) != content_length:
+        raise ShortReadError(f"chunk key {key!r}: body has {len(body)} bytes, server announced {content_length}")
+    if byte_range is None:
+        return body
+    want = byte_range.length
+    if status == 200 and content_range is None:
+        # the server ignored the Range header and sent the whole object: cut it here
+        offset, length = resolve_extent(key, len(body), byte_range)
+        return body[offset : offset + length]
+    parsed = _parse_content_range(content_range)
+    total = parsed[2] if parsed else None
+    if len(body) == want:
+        if parsed is not None and isinstance(byte_range, ByteRange) and parsed[0] != byte_range.start:
+            raise ShortReadError(f"chunk key {key!r}: server answered range starting at {parsed[0]}, "
+                                 f"asked for {byte_range.start}")
+        return body
+    if total is not None:
+        end = byte_range.start + want if isinstance(byte_range, ByteRange) else want
+        if end > total:
+            raise range_past_end_error(
+                f"range {_range_header(byte_range)} reaches past the end of chunk key {key!r} ({total} bytes)", key
+            )
+    raise ShortReadError(f"chunk key {key!r}: got {len(body)} of {want} requested bytes")
+
+
+def normalise_s3_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """storage_options → s3fs keyword arguments (accepts ``region`` / ``region_name`` too)."""
+    options = {k: v for k, v in dict(storage_options or {}).items() if k not in _GPUZARR_OPTIONS}
+    client_kwargs = dict(options.pop("client_kwargs", None) or {})
+    for alias in ("region", "region_name"):
+        if alias in options:
+            client_kwargs.setdefault("region_name", options.pop(alias))
+    for alias, target in (("aws_access_key_id", "key"), ("aws_secret_access_key", "secret"),
+                          ("aws_session_token", "token")):
+        if alias in options:
+            options.setdefault(target, options.pop(alias))
+    if "endpoint_url" in client_kwargs and "endpoint_url" not in options:
+        options["endpoint_url"] = client_kwargs.pop("endpoint_url")
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    return options
+
+
+class RemoteFetcher(ChunkFetcher):
+    """Batched range reads from ``s3://bucket/prefix`` or ``http(s)://host/prefix``."""
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int | None = None,
+        request_timeout: float | None = None,
+        use_kvikio: bool | None = None,
+    ) -> None:
+        options = dict(storage_options or {})
+        parsed = urlparse(url)
+        if parsed.scheme not in ("s3", "s3a", "http", "https"):
+            raise ValueError(f"RemoteFetcher needs an s3:// or http(s):// URL, got {url!r}")
+        self.scheme = "s3" if parsed.scheme in ("s3", "s3a") else "http"
+        self.url = url.rstrip("/")
+        self.retry = retry or options.get("retry") or DEFAULT_RETRY_POLICY
+        self.max_concurrency = int(max_concurrency or options.get("max_concurrency") or 64)
+        self.request_timeout = float(request_timeout or options.get("request_timeout") or 30.0)
+        want_kvikio = options.get("use_kvikio") if use_kvikio is None else use_kvikio
+        self.use_kvikio = cuda_io_usable() and want_kvikio is not False and _kvikio_remote_available()
+        self._options = normalise_s3_options(options) if self.scheme == "s3" else {
+            k: v for k, v in options.items() if k not in _GPUZARR_OPTIONS
+        }
+        if self.scheme == "s3":
+            self.bucket = parsed.netloc
+            self.prefix = parsed.path.strip("/")
+            if not self.bucket:
+                raise ValueError(f"S3 URL {url!r} has no bucket")
+            endpoint = self._options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or \
+                os.environ.get("AWS_ENDPOINT_URL") or ""
+            self.store_id = f"s3://{self.bucket}/{self.prefix}" + (f"@{endpoint}" if endpoint else "")
+        else:
+            self.store_id = self.url
+        self._lock = threading.Lock()
+        self._fs: Any = None
+        self._client: Any = None
+        self._http_session: Any = None
+        self._closed = False
+
+    # -- setup -------------------------------------------------------------------
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        import fsspec.asyn
+
+        return fsspec.asyn.get_loop()
+
+    def _run(self, coro: Any) -> Any:
+        import fsspec.asyn
+
+        return fsspec.asyn.sync(self._loop(), lambda: coro, timeout=None)
+
+    async def _s3_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        import s3fs
+
+        options = dict(self._options)
+        config_kwargs = dict(options.pop("config_kwargs", None) or {})
+        # one retry layer only: ours. botocore "standard" mode counts the first try.
+        config_kwargs["retries"] = {"total_max_attempts": 1, "mode": "standard"}
+        config_kwargs.setdefault("max_pool_connections", self.max_concurrency)
+        config_kwargs.setdefault("connect_timeout", min(10.0, self.request_timeout))
+        config_kwargs.setdefault("read_timeout", self.request_timeout)
+        fs = s3fs.S3FileSystem(asynchronous=True, loop=self._loop(), skip_instance_cache=True,
+                               config_kwargs=config_kwargs, **options)
+        fs.retries = 1
+        await fs.set_session()
+        self._fs = fs
+        self._client = await fs.get_s3(self.bucket)
+        return self._client
+
+    async def _session(self) -> Any:
+        if self._http_session is None:
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, self.request_timeout),
+                                            sock_read=self.request_timeout)
+            headers = dict(self._options.get("headers") or {})
+            self._http_session = aiohttp.ClientSession(
+                timeout=timeout, headers=headers,
+                connector=aiohttp.TCPConnector(limit=self.max_concurrency),
+            )
+        return self._http_session
+
+    def object_key(self, key: str) -> str:
+        """The S3 object key (or URL path) of a store key."""
+        return f"{self.prefix}/{key}" if self.scheme == "s3" and self.prefix else key
+
+    def object_url(self, key: str) -> str:
+        """Full URL of a store key (``s3://...`` or ``http(s)://...``)."""
+        return f"{self.url}/{key}"
+
+    # -- one read ----------------------------------------------------------------
+    async def _s3_get(self, key: str, byte_range: Range) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        if isinstance(byte_range, ByteRange) and byte_range.length == 0:
+            return b""
+        client = await self._s3_client()
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(key)}
+        header = _range_header(byte_range)
+        if header is not None:
+            request["Range"] = header
+        try:
+            response = await client.get_object(**request)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchBucket"):
+                return None
+            if code == "InvalidRange" or status == 416:
+                raise range_past_end_error(f"range {header} reaches past the end of chunk key {key!r} "
+                                           f"(s3://{self.bucket}/{request['Key']})", key) from exc
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "NoSuchBucket",
+                        "InvalidToken", "ExpiredToken", "AllAccessDisabled") or status in (401, 403):
+                raise PermanentFetchError(
+                    f"S3 refused s3://{self.bucket}/{request['Key']} ({code or status}): check the credentials "
+                    f"(key/secret/token or AWS_* variables, anon=True for public buckets) and the bucket name"
+                ) from exc
+            raise
+        async with response["Body"] as stream:
+            body = await stream.read()
+        return check_body(key, byte_range, body, response.get("ContentLength"), response.get("ContentRange"),
+                          response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+    async def _http_get(self, key: str, byte_range: Range) -> bytes | None:
+        from gpuzarr.io.retry import TransientFetchError
+
+        if isinstance(byte_range, ByteRange) and byte_range.length == 0:
+            return b""
+        session = await self._session()
+        header = _range_header(byte_range)
+        headers = {"Range": header} if header else {}
+        async with session.get(self.object_url(key), headers=headers) as response:
+            if response.status == 404:
+                return None
+            if response.status == 416:
+                raise range_past_end_error(f"range {header} reaches past the end of chunk key {key!r} "
+                                           f"({self.object_url(key)})", key)
+            if response.status in (401, 403):
+                raise PermanentFetchError(f"HTTP {response.status} for {self.object_url(key)}: access refused")
+            if response.status >= 400:
+                error = TransientFetchError(f"HTTP {response.status} for {self.object_url(key)}")
+                error.status = response.status  # type: ignore[attr-defined]
+                if response.status not in (408, 425, 429) and response.status < 500:
+                    raise PermanentFetchError(str(error))
+                raise error
+            body = await response.read()
+            return check_body(key, byte_range, body, response.content_length,
+                              response.headers.get("Content-Range"), response.status)
+
+    # -- ChunkFetcher --------------------------------------------------------------
+    def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
+        """Read a batch concurrently; host ``bytes`` per key, ``None`` for a missing key."""
+        if self._closed:
+            raise RuntimeError(f"fetcher for {self.store_id} is closed")
+        keys = list(keys)
+        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        if len(ranges) != len(keys):
+            raise ValueError(f"fetch got {len(keys)} keys but {len(ranges)} ranges")
+        if not keys:
+            return []
+        return self._run(self._fetch_all(keys, ranges))
+
+    async def _fetch_all(self, keys: list[str], ranges: list[Range]) -> list[bytes | None]:
+        if self.scheme == "s3":
+            await self._s3_client()  # create the client once, before the tasks race for it
+            getter = self._s3_get
+        else:
+            await self._session()
+            getter = self._http_get
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(key: str, byte_range: Range) -> bytes | None:
+            async with gate:
+                return await self.retry.call_async(lambda: getter(key, byte_range), key=key)
+
+        tasks = [asyncio.ensure_future(one(k, r)) for k, r in zip(keys, ranges, strict=True)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def fetch_device(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> DeviceBatch:
+        """Read a batch into one device buffer (kvikio RemoteFile when it can run)."""
+        if not cuda_io_usable():
+            raise DeviceUnavailableError(f"fetch_device on {self.store_id}: no usable CUDA device / kvikio")
+        import cupy
+
+        keys = list(keys)
+        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        if not self.use_kvikio:
+            host = self.fetch(keys, ranges)
+            lengths = np.array([0 if h is None else len(h) for h in host], dtype=np.int64)
+            present = np.array([h is not None for h in host], dtype=bool)
+            offsets = np.zeros(len(keys), dtype=np.int64)
+            if len(keys) > 1:
+                np.cumsum(lengths[:-1], out=offsets[1:])
+            staging = np.empty(max(int(lengths.sum()), 1), dtype=np.uint8)
+            for h, o, n in zip(host, offsets, lengths, strict=True):
+                if h is not None and n:
+                    staging[o : o + n] = np.frombuffer(h, dtype=np.uint8)
+            return DeviceBatch(cupy.asarray(staging), offsets, lengths, present)
+        return self._kvikio_fetch_device(keys, ranges)
+
+    def _kvikio_open(self, key: str, nbytes: int | None) -> Any:
+        import kvikio
+
+        if self.scheme == "http":
+            return kvikio.RemoteFile.open_http(self.object_url(key), nbytes)
+        opts = self._options
+        endpoint = opts.get("endpoint_url")
+        if opts.get("anon"):
+            base = (endpoint or f"https://{self.bucket}.s3.amazonaws.com").rstrip("/")
+            url = f"{base}/{self.bucket}/{self.object_key(key)}" if endpoint else f"{base}/{self.object_key(key)}"
+            return kvikio.RemoteFile.open_http(url, nbytes)
+        return kvikio.RemoteFile.open_s3(
+            self.bucket, self.object_key(key), nbytes,
+            (opts.get("client_kwargs") or {}).get("region_name"),
+            opts.get("key"), opts.get("secret"), endpoint, opts.get("token"),
+        )
+
+    def _kvikio_fetch_device(self, keys: list[str], ranges: list[Range]) -> DeviceBatch:
+        import cupy
+
+        def open_and_size(key: str, byte_range: Range) -> tuple[Any, int, int] | None:
+            def attempt() -> tuple[Any, int, int] | None:
+                hint = byte_range.start + byte_range.length if isinstance(byte_range, ByteRange) else None
+                try:
+                    handle = self._kvikio_open(key, hint)
+                except RuntimeError as exc:
+                    if "404" in str(exc):
+                        return None
+                    raise
+                offset, length = resolve_extent(key, handle.nbytes(), byte_range)
+                return handle, offset, length
+
+            return self.retry.call(attempt, key=key)
+
+        with ThreadPoolExecutor(min(self.max_concurrency, max(1, len(keys)))) as pool:
+            opened = list(pool.map(open_and_size, keys, ranges))
+            present = np.array([o is not None for o in opened], dtype=bool)
+            lengths = np.array([0 if o is None else o[2] for o in opened], dtype=np.int64)
+            offsets = np.zeros(len(keys), dtype=np.int64)
+            if len(keys) > 1:
+                np.cumsum(lengths[:-1], out=offsets[1:])
+            device = cupy.empty(max(int(lengths.sum()), 1), dtype=cupy.uint8)
+
+            def read(i: int) -> None:
+                handle, file_offset, length = opened[i]  # type: ignore[misc]
+
+                def attempt() -> None:
+                    start = int(offsets[i])
+                    got = handle.pread(device[start : start + length], length, file_offset).get()
+                    if got != length:
+                        raise ShortReadError(f"chunk key {keys[i]!r}: read {got} of {length} bytes")
+
+                self.retry.call(attempt, key=keys[i])
+
+            try:
+                list(pool.map(read, [i for i in range(len(keys)) if present[i] and lengths[i] > 0]))
+            finally:
+                for o in opened:
+                    if o is not None:
+                        o[0].close()
+        return DeviceBatch(device, offsets, lengths, present)
+
+    def close(self) -> None:
+        """Close the HTTP session / S3 client (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            session, self._http_session = self._http_session, None
+            client, self._client = self._client, None
+            fs, self._fs = self._fs, None
+
+        async def shutdown() -> None:
+            if session is not None:
+                await session.close()
+            if fs is not None and getattr(fs, "_s3creator", None) is not None:
+                await fs._s3creator.__aexit__(None, None, None)
+            elif client is not None:
+                await client.close()
+
+        if session is not None or client is not None:
+            with contextlib.suppress(Exception):  # closing must not raise over the real error
+                self._run(shutdown())
+
+    def __repr__(self) -> str:
+        return f"RemoteFetcher({self.store_id!r}, concurrency={self.max_concurrency})"
+
+
+def _kvikio_remote_available() -> bool:
+    try:
+        import kvikio
+
+        return bool(kvikio.is_remote_file_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+__all__ = ["RemoteFetcher", "check_body", "normalise_s3_options"]

@@ -1,0 +1,136 @@
+"""gpuzarr over S3 (moto): batches equal zarr-python's, sharded arrays, anonymous and bad credentials."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from s3_server import S3Server, s3_server  # noqa: F401 - fixture
+
+import gpuzarr
+from gpuzarr.errors import FetchError, GpuzarrError
+from gpuzarr.io.base import ByteRange, SuffixRange
+from gpuzarr.io.remote import RemoteFetcher
+from gpuzarr.io.select import make_fetcher
+
+
+def direct_options(server: S3Server) -> dict[str, Any]:
+    return {"endpoint_url": server.endpoint_url, "key": server.key, "secret": server.secret}
+
+
+@pytest.fixture(scope="module")
+def dataset(s3_server: S3Server) -> dict[str, Any]:  # noqa: F811
+    """A group with a compressed 3-D array and a sharded 2-D array, written by zarr-python."""
+    bucket = s3_server.create_bucket()
+    url = f"s3://{bucket}/data.zarr"
+    group = zarr.open_group(url, mode="w", storage_options=direct_options(s3_server))
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(20, 30, 24)).astype("float32")
+    raw = group.create_array("raw", shape=volume.shape, chunks=(8, 10, 12), dtype="float32",
+                             compressors=zarr.codecs.BloscCodec(cname="zstd"), fill_value=0)
+    raw[:] = volume
+    labels = np.arange(64 * 40, dtype="int32").reshape(64, 40)
+    sharded = group.create_array("sharded", shape=labels.shape, chunks=(8, 8), shards=(32, 16), dtype="int32",
+                                 compressors=zarr.codecs.ZstdCodec(), fill_value=-1)
+    sharded[:] = labels
+    sharded[40:64, 32:40] = -1  # partly empty shards
+    return {"bucket": bucket, "url": url, "raw": raw, "sharded": sharded, "volume": volume}
+
+
+def random_regions(shape: tuple[int, ...], extent: tuple[int, ...], n: int, seed: int) -> list[tuple[slice, ...]]:
+    rng = np.random.default_rng(seed)
+    starts = [rng.integers(0, s - e + 1, size=n) for s, e in zip(shape, extent, strict=True)]
+    return [tuple(slice(int(st[i]), int(st[i]) + e) for st, e in zip(starts, extent, strict=True)) for i in range(n)]
+
+
+@pytest.fixture
+def raw_handle(dataset: dict[str, Any], s3_server: S3Server) -> Iterator[Any]:  # noqa: F811
+    handle = gpuzarr.open_array(f"{dataset['url']}/raw", **direct_options(s3_server))
+    yield handle
+    handle.close()
+
+
+def test_open_uses_the_remote_fetcher(raw_handle: Any) -> None:
+    assert isinstance(raw_handle.fetcher, RemoteFetcher)
+    assert raw_handle.fetcher.store_id.startswith("s3://")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batches_equal_zarr_python(raw_handle: Any, dataset: dict[str, Any], seed: int) -> None:
+    raw = dataset["raw"]
+    for batch in range(3):
+        regions = random_regions(raw.shape, (5, 11, 13), 6, seed * 100 + batch)
+        out = raw_handle.read_batch(regions, device="cpu")
+        expected = np.stack([raw[r] for r in regions])
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_sharded_array_over_s3(dataset: dict[str, Any], s3_server: S3Server) -> None:  # noqa: F811
+    sharded = dataset["sharded"]
+    with gpuzarr.open_array(dataset["url"], path="sharded", **direct_options(s3_server)) as handle:
+        assert handle.shards == (32, 16)
+        regions = random_regions(sharded.shape, (9, 7), 10, 3) + [(slice(50, 59), slice(33, 40))]
+        out = handle.read_batch(regions, device="cpu")
+        np.testing.assert_array_equal(out, np.stack([sharded[r] for r in regions]))
+
+
+def test_anonymous_public_bucket(s3_server: S3Server) -> None:  # noqa: F811
+    bucket = s3_server.create_bucket(public_read=True)
+    url = f"s3://{bucket}/pub.zarr"
+    data = np.arange(200, dtype="uint16").reshape(10, 20)
+    array = zarr.create_array(url, shape=data.shape, chunks=(4, 8), dtype="uint16",
+                              storage_options=direct_options(s3_server))
+    array[:] = data
+    with gpuzarr.open_array(url, anon=True, endpoint_url=s3_server.endpoint_url) as handle:
+        assert handle.fetcher._options.get("anon") is True
+        out = handle.read_batch([(slice(1, 5), slice(3, 17)), (slice(6, 10), slice(0, 14))], device="cpu")
+    np.testing.assert_array_equal(out[0], data[1:5, 3:17])
+    np.testing.assert_array_equal(out[1], data[6:10, 0:14])
+
+
+def test_fetcher_ranges_and_missing_keys(dataset: dict[str, Any], s3_server: S3Server) -> None:  # noqa: F811
+    client = s3_server.client()
+    client.put_object(Bucket=dataset["bucket"], Key="blobs/a", Body=bytes(range(100)))
+    with make_fetcher(f"s3://{dataset['bucket']}/blobs", direct_options(s3_server)) as fetcher:
+        got = fetcher.fetch(["a", "a", "a", "nope"], [None, ByteRange(10, 5), SuffixRange(3), None])
+        assert got == [bytes(range(100)), bytes(range(10, 15)), bytes([97, 98, 99]), None]
+        with pytest.raises(FetchError, match="past the end") as info:
+            fetcher.fetch(["a"], [ByteRange(90, 20)])
+        assert info.value.key == "a"
+
+
+@pytest.fixture
+def moto_auth_enforced(s3_server: S3Server) -> Iterator[None]:  # noqa: F811
+    """Make moto check signatures and access keys (it accepts anything by default)."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    previous = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = ActionAuthenticatorMixin.request_count
+    try:
+        yield
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
+
+
+def test_wrong_credentials_give_a_clear_error(dataset: dict[str, Any], s3_server: S3Server,  # noqa: F811
+                                              moto_auth_enforced: None) -> None:
+    options = {"endpoint_url": s3_server.endpoint_url, "key": "AKIAWRONGWRONGWRONG0", "secret": "nope"}
+    with RemoteFetcher(dataset["url"], options) as fetcher, pytest.raises(FetchError) as info:
+        fetcher.fetch(["raw/zarr.json"])
+    message = str(info.value)
+    assert info.value.key == "raw/zarr.json"
+    assert "InvalidAccessKeyId" in message and "credentials" in message
+    assert "attempt" not in message  # refused at once, not retried
+    with pytest.raises(GpuzarrError):
+        gpuzarr.open_array(f"{dataset['url']}/raw", **options)
+
+
+def test_anonymous_read_of_private_bucket_is_refused(dataset: dict[str, Any], s3_server: S3Server) -> None:  # noqa: F811
+    options = {"endpoint_url": s3_server.endpoint_url, "anon": True}
+    with RemoteFetcher(dataset["url"], options) as fetcher, pytest.raises(FetchError, match="refused") as info:
+        fetcher.fetch(["raw/zarr.json"])
+    assert info.value.key == "raw/zarr.json" and dataset["bucket"] in str(info.value)
