@@ -31,9 +31,19 @@ def _describe_source(source: Any) -> str:
     return repr(source)
 
 
+def _split_options(storage_options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options for zarr's store, options only gpuzarr's fetchers read: retry, concurrency, ...)."""
+    from gpuzarr.io.remote import FETCHER_ONLY_OPTIONS
+
+    ours = {k: v for k, v in storage_options.items() if k in FETCHER_ONLY_OPTIONS}
+    return {k: v for k, v in storage_options.items() if k not in ours}, ours
+
+
 def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, Any]) -> Any:
     """Open ``source`` read-only with zarr-python, mapping its errors onto ours."""
     import zarr
+
+    storage_options, _ = _split_options(storage_options)
 
     if not isinstance(source, (str, os.PathLike)):
         node = source
@@ -52,13 +62,16 @@ def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, An
         return zarr.open(where, **kwargs)
     except GpuzarrError:
         raise
-    except FileNotFoundError as exc:
-        raise ArrayNotFoundError(f"{where}{'/' + path if path else ''}: no Zarr array or group found ({exc})") from exc
-    except Exception as exc:  # zarr raises a variety: NodeNotFound, KeyError, JSON errors, auth errors
-        name = type(exc).__name__
-        if "NotFound" in name or isinstance(exc, KeyError):
-            raise ArrayNotFoundError(f"{where}{'/' + path if path else ''}: no Zarr node found ({name}: {exc})") from exc
-        raise NotAZarrArrayError(f"{where}{'/' + path if path else ''}: cannot be opened as Zarr ({name}: {exc})") from exc
+    except Exception as exc:  # zarr raises many kinds: NodeNotFound, FileNotFound, KeyError, JSON and auth errors
+        full = f"{where}{'/' + path if path else ''}"
+        kind = type(exc).__name__
+        missing = isinstance(exc, FileNotFoundError) or "NotFound" in kind
+        exists_locally = "://" not in where and not path and os.path.exists(where)
+        if missing and not exists_locally:
+            raise ArrayNotFoundError(f"{full}: no Zarr array or group found ({kind}: {exc})") from exc
+        raise NotAZarrArrayError(
+            f"{full}: exists but is not a readable Zarr array or group ({kind}: {exc})"
+        ) from exc
 
 
 class ArrayHandle:
@@ -80,7 +93,8 @@ class ArrayHandle:
         self.shape: tuple[int, ...] = tuple(int(s) for s in zarr_array.shape)
         if len(self.shape) == 0:
             raise UnsupportedCodecError(f"{self.name}: 0-dimensional arrays are not supported")
-        self.fetcher = make_fetcher(zarr_array.store)
+        fetcher_options = _split_options(_source[2])[1] if _source is not None else {}
+        self.fetcher = make_fetcher(zarr_array.store, fetcher_options)
         self.reader, self.chain, self.chunks = make_chunk_reader(
             self.fetcher, meta, zarr_array.path, self.name, cache=cache
         )

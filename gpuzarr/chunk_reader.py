@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
-from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
+from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
 from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, SuffixRange
 
 _MAX_UINT64 = np.uint64(2**64 - 1)
@@ -133,7 +133,7 @@ class ChunkReader:
                 if layout.index_location == "start"
                 else SuffixRange(layout.index_nbytes)
             )
-            raws = self.fetcher.fetch(store_keys, [rng] * len(todo))
+            raws = self._fetch_shard_ranges(store_keys, [rng] * len(todo))
             decoded: list[np.ndarray | None] = []
             for key, raw in zip(store_keys, raws, strict=True):
                 if raw is None:
@@ -161,6 +161,17 @@ class ChunkReader:
                 for k in found:
                     self._index_cache.move_to_end(k)
         return [found[k] for k in keys]
+
+    def _fetch_shard_ranges(self, keys: list[str], ranges: list[Any]) -> list[Buffer | None]:
+        """Fetch byte ranges of shards; a range past a shard's end means the shard is truncated."""
+        try:
+            return self.fetcher.fetch(keys, ranges)
+        except RangeNotSatisfiableError as exc:
+            raise CorruptChunkError(
+                f"{self.array_name}: shard {exc.key!r} is truncated or its index points past its end: {exc}",
+                array=self.array_name,
+                key=exc.key,
+            ) from exc
 
     def _read_inner_chunks(self, coords: np.ndarray) -> list[Buffer | None]:
         assert self.shard is not None
@@ -200,7 +211,8 @@ class ChunkReader:
         g_start = starts[g_first]
         g_end = np.maximum.reduceat(ends, g_first)
         g_keys = [self._store_key(uniq[s]) for s in shard_of[g_first].tolist()]
-        blobs = self.fetcher.fetch(g_keys, [ByteRange(int(a), int(b - a)) for a, b in zip(g_start, g_end, strict=True)])
+        blobs = self._fetch_shard_ranges(g_keys, [ByteRange(int(a), int(b - a))
+                                                  for a, b in zip(g_start, g_end, strict=True)])
         for i, key, blob in zip(range(len(g_keys)), g_keys, blobs, strict=True):
             if blob is None:
                 raise CorruptChunkError(

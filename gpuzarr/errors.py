@@ -54,6 +54,10 @@ class FetchError(GpuzarrError, OSError):
         self.key = key
 
 
+class RangeNotSatisfiableError(FetchError):
+    """A byte range reaches past the end of the stored object (e.g. a truncated shard)."""
+
+
 class GpuzarrWarning(UserWarning):
     """Base class of gpuzarr's warnings."""
 

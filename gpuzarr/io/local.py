@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuzarr.errors import FetchError
+from gpuzarr.errors import RangeNotSatisfiableError, FetchError
 from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
@@ -70,14 +70,10 @@ class DeviceBatch:
 def range_past_end_error(message: str, key: str) -> FetchError:
     """The error for a byte range the object cannot satisfy (e.g. a truncated shard).
 
-    A :class:`~gpuzarr.errors.FetchError`; specifically ``RangeNotSatisfiableError``
-    once :mod:`gpuzarr.errors` defines it, so the chunk reader can turn it into a
-    :class:`~gpuzarr.errors.CorruptChunkError` naming the array.
+    A :class:`~gpuzarr.errors.RangeNotSatisfiableError`, so the chunk reader can turn
+    it into a :class:`~gpuzarr.errors.CorruptChunkError` naming the array.
     """
-    from gpuzarr import errors
-
-    error_class = getattr(errors, "RangeNotSatisfiableError", FetchError)
-    return error_class(message, key=key)
+    return RangeNotSatisfiableError(message, key=key)
 
 
 def resolve_extent(key: str, size: int, byte_range: Range) -> tuple[int, int]:

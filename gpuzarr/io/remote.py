@@ -46,7 +46,7 @@ from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPol
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 #: storage_options keys that only gpuzarr understands (removed before s3fs sees them).
-_GPUZARR_OPTIONS = ("max_concurrency", "retry", "use_kvikio", "request_timeout")
+FETCHER_ONLY_OPTIONS = ("max_concurrency", "retry", "use_kvikio", "request_timeout")
 
 
 def _parse_content_range(header: str | None) -> tuple[int, int, int | None] | None:
@@ -101,7 +101,7 @@ def check_body(key: str, byte_range: Range, body: bytes, content_length: int | N
 
 def normalise_s3_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """storage_options → s3fs keyword arguments (accepts ``region`` / ``region_name`` too)."""
-    options = {k: v for k, v in dict(storage_options or {}).items() if k not in _GPUZARR_OPTIONS}
+    options = {k: v for k, v in dict(storage_options or {}).items() if k not in FETCHER_ONLY_OPTIONS}
     client_kwargs = dict(options.pop("client_kwargs", None) or {})
     for alias in ("region", "region_name"):
         if alias in options:
@@ -142,7 +142,7 @@ class RemoteFetcher(ChunkFetcher):
         want_kvikio = options.get("use_kvikio") if use_kvikio is None else use_kvikio
         self.use_kvikio = cuda_io_usable() and want_kvikio is not False and _kvikio_remote_available()
         self._options = normalise_s3_options(options) if self.scheme == "s3" else {
-            k: v for k, v in options.items() if k not in _GPUZARR_OPTIONS
+            k: v for k, v in options.items() if k not in FETCHER_ONLY_OPTIONS
         }
         if self.scheme == "s3":
             self.bucket = parsed.netloc

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from gpuzarr.errors import FetchError
+from gpuzarr.errors import FetchError, RangeNotSatisfiableError
 from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange
 
 
@@ -53,7 +53,7 @@ class ZarrStoreFetcher(ChunkFetcher):
             data = res.to_bytes()
             want = rng.length if isinstance(rng, (ByteRange, SuffixRange)) else None
             if want is not None and len(data) != want:
-                raise FetchError(
+                raise RangeNotSatisfiableError(
                     f"{self.store_id}: range read of {key!r} returned {len(data)} bytes, expected {want}", key=key
                 )
             out.append(data)

@@ -1,0 +1,204 @@
+"""The planner alone (no I/O): plans tile every region exactly once from the right chunks.
+
+Hypothesis draws shapes, chunk shapes (dividing the shape or not, larger than the
+shape or not) and batches of regions in every spelling, and checks the invariants
+the engines rely on: the pieces of each region cover every output element exactly
+once, every distinct chunk appears once in ``chunk_coords`` (sorted) and has at
+least one piece, each piece lies inside its chunk (edge chunks included) and maps
+to the same global coordinates on both sides, integer axes are squeezed, and a
+brute-force NumPy assembly from a chunked copy of the data equals direct slicing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import Batch, batches, scaled
+
+from gpuzarr.planning import BatchPlan, normalize_regions, plan_batch
+
+PLANNING = settings(
+    max_examples=scaled(400),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@st.composite
+def planning_cases(draw: st.DrawFn, max_regions: int = 8) -> tuple[tuple[int, ...], tuple[int, ...], Batch]:
+    """A shape (up to 4-D, larger than the oracle's since no data is stored), chunks and a batch."""
+    ndim = draw(st.integers(1, 4))
+    max_side = {1: 200, 2: 40, 3: 16, 4: 8}[ndim]
+    shape = tuple(draw(st.lists(st.integers(1, max_side), min_size=ndim, max_size=ndim)))
+    chunks = tuple(draw(st.integers(1, s + 3)) for s in shape)
+    batch = draw(batches(shape, max_regions=max_regions))
+    return shape, chunks, batch
+
+
+def chunk_box(coords: np.ndarray, chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Global (lo, hi) of the chunk at ``coords``, clipped to the array (edge chunks are smaller)."""
+    lo = coords * np.asarray(chunks)
+    hi = np.minimum(lo + np.asarray(chunks), np.asarray(shape))
+    return lo, hi
+
+
+def brute_force_chunks(batch: Batch, chunks: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """Every chunk that intersects a non-empty region, by enumeration."""
+    touched: set[tuple[int, ...]] = set()
+    for lo, hi in zip(batch.starts.tolist(), batch.stops.tolist(), strict=True):
+        if any(high <= low for low, high in zip(lo, hi, strict=True)):
+            continue
+        ranges = [range(low // c, (high - 1) // c + 1) for low, high, c in zip(lo, hi, chunks, strict=True)]
+        touched.update(itertools.product(*ranges))
+    return touched
+
+
+def assemble_from_chunks(plan: BatchPlan, data: np.ndarray) -> np.ndarray:
+    """Build the batch the way an engine does, from a chunk-by-chunk copy of ``data``."""
+    chunked = {}
+    for coords in plan.chunk_coords:
+        lo, hi = chunk_box(coords, plan.chunk_shape, plan.array_shape)
+        chunked[tuple(coords.tolist())] = data[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].copy()
+    sentinel = np.iinfo(data.dtype).min
+    full = np.full((plan.n_regions, *plan.region_shape), sentinel, dtype=data.dtype)
+    for p in range(plan.n_pieces):
+        chunk = chunked[tuple(plan.chunk_coords[plan.piece_chunk[p]].tolist())]
+        src = tuple(slice(s, s + e) for s, e in zip(plan.piece_src_start[p], plan.piece_extent[p], strict=True))
+        dst = tuple(slice(d, d + e) for d, e in zip(plan.piece_dst_start[p], plan.piece_extent[p], strict=True))
+        full[(plan.piece_region[p], *dst)] = chunk[src]
+    return full.reshape(plan.out_shape)
+
+
+@PLANNING
+@given(case=planning_cases())
+def test_pieces_tile_every_region_exactly_once(case: tuple[tuple[int, ...], tuple[int, ...], Batch]) -> None:
+    shape, chunks, batch = case
+    plan = plan_batch(list(batch.regions), shape, chunks, "tiling")
+    assert plan.region_shape == batch.region_shape
+    coverage = np.zeros((len(batch.regions), *batch.region_shape), dtype=np.int32)
+    for p in range(plan.n_pieces):
+        dst = tuple(slice(d, d + e) for d, e in zip(plan.piece_dst_start[p], plan.piece_extent[p], strict=True))
+        coverage[(plan.piece_region[p], *dst)] += 1
+    assert (coverage == 1).all(), f"covered {np.unique(coverage)} times"
+
+
+@PLANNING
+@given(case=planning_cases())
+def test_chunk_coords_are_the_distinct_touched_chunks(case: tuple[tuple[int, ...], tuple[int, ...], Batch]) -> None:
+    shape, chunks, batch = case
+    plan = plan_batch(list(batch.regions), shape, chunks, "chunks")
+    listed = [tuple(c) for c in plan.chunk_coords.tolist()]
+    assert len(listed) == len(set(listed)), "a chunk is listed twice"
+    assert listed == sorted(listed), "chunk_coords are not in lexicographic order"
+    assert set(listed) == brute_force_chunks(batch, chunks)
+    assert plan.chunk_coords.dtype == np.int64
+    assert plan.chunk_coords.shape == (len(listed), len(shape))
+    # pieces sorted by chunk; offsets delimit each chunk's pieces; every chunk is used
+    assert (np.diff(plan.piece_chunk) >= 0).all()
+    assert plan.chunk_piece_offsets[0] == 0 and plan.chunk_piece_offsets[-1] == plan.n_pieces
+    counts = np.diff(plan.chunk_piece_offsets)
+    assert (counts >= 1).all()
+    np.testing.assert_array_equal(counts, np.bincount(plan.piece_chunk, minlength=plan.n_chunks))
+    # one piece per (region, chunk) pair at most
+    pairs = list(zip(plan.piece_region.tolist(), plan.piece_chunk.tolist(), strict=True))
+    assert len(pairs) == len(set(pairs))
+
+
+@PLANNING
+@given(case=planning_cases())
+def test_pieces_lie_inside_their_chunk_and_region(case: tuple[tuple[int, ...], tuple[int, ...], Batch]) -> None:
+    shape, chunks, batch = case
+    plan = plan_batch(list(batch.regions), shape, chunks, "inside")
+    if plan.n_pieces == 0:
+        return
+    coords = plan.chunk_coords[plan.piece_chunk]
+    lo, hi = chunk_box(coords, chunks, shape)
+    extent = plan.piece_extent
+    assert (extent >= 1).all(), "a piece is empty"
+    assert (plan.piece_src_start >= 0).all()
+    assert (plan.piece_src_start + extent <= hi - lo).all(), "a piece reaches past its (edge) chunk"
+    region_shape = np.asarray(batch.region_shape)
+    assert (plan.piece_dst_start >= 0).all()
+    assert (plan.piece_dst_start + extent <= region_shape).all(), "a piece reaches past its region"
+    # both sides name the same global element
+    region_starts = batch.starts[plan.piece_region]
+    np.testing.assert_array_equal(lo + plan.piece_src_start, region_starts + plan.piece_dst_start)
+
+
+@PLANNING
+@given(case=planning_cases())
+def test_integer_axes_are_squeezed(case: tuple[tuple[int, ...], tuple[int, ...], Batch]) -> None:
+    shape, chunks, batch = case
+    plan = plan_batch(list(batch.regions), shape, chunks, "squeeze")
+    assert plan.squeeze_axes == batch.int_axes
+    reference = np.empty(shape, dtype=np.uint8)
+    assert plan.out_shape == (len(batch.regions), *reference[batch.regions[0]].shape)
+    assert plan.n_regions == len(batch.regions)
+
+
+@PLANNING
+@given(case=planning_cases())
+def test_assembly_from_a_chunked_copy_equals_direct_slicing(
+    case: tuple[tuple[int, ...], tuple[int, ...], Batch],
+) -> None:
+    shape, chunks, batch = case
+    data = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    plan = plan_batch(list(batch.regions), shape, chunks, "assembly")
+    expected = np.stack([data[region] for region in batch.regions])
+    got = assemble_from_chunks(plan, data)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(PLANNING, max_examples=scaled(200))
+@given(case=planning_cases())
+def test_normalize_regions_matches_python_slicing(case: tuple[tuple[int, ...], tuple[int, ...], Batch]) -> None:
+    shape, _, batch = case
+    bounds = normalize_regions(list(batch.regions), shape, "normalize")
+    np.testing.assert_array_equal(bounds.starts, batch.starts)
+    np.testing.assert_array_equal(bounds.stops, batch.stops)
+    assert bounds.squeeze_axes == batch.int_axes
+
+
+def test_plan_of_many_regions_uses_each_chunk_once() -> None:
+    shape, chunks = (64, 64, 64), (16, 16, 16)
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, 64 - 20 + 1, size=(500, 3))
+    regions = [tuple(slice(int(s), int(s) + 20) for s in row) for row in starts]
+    plan = plan_batch(regions, shape, chunks, "many")
+    assert plan.n_chunks <= 4**3
+    assert plan.n_pieces == sum(
+        int(np.prod([(s + 19) // 16 - s // 16 + 1 for s in row])) for row in starts.tolist()
+    )
+    assert plan.out_shape == (500, 20, 20, 20)
+
+
+@pytest.mark.parametrize(
+    ("regions", "out_shape", "n_chunks"),
+    [
+        pytest.param([], (0,), 0, id="no-regions"),
+        pytest.param([(slice(3, 3), slice(None))], (1, 0, 10), 0, id="zero-extent"),
+        pytest.param([(slice(0, 0), 2), (slice(5, 5), 9)], (2, 0), 0, id="zero-extent-with-int"),
+        pytest.param([(4, 4)], (1,), 1, id="single-element"),
+        pytest.param([(slice(None), slice(None))], (1, 10, 10), 9, id="whole-array"),
+        pytest.param([(slice(0, 4), slice(0, 4)), (slice(0, 4), slice(0, 4))], (2, 4, 4), 1, id="same-chunk-twice"),
+    ],
+)
+def test_plan_edge_cases(regions: list[Any], out_shape: tuple[int, ...], n_chunks: int) -> None:
+    plan = plan_batch(regions, (10, 10), (4, 4), "edges")
+    assert plan.out_shape == out_shape
+    assert plan.n_chunks == n_chunks
+    assert len(plan.chunk_piece_offsets) == n_chunks + 1
+
+
+def test_chunk_larger_than_array_is_one_chunk() -> None:
+    plan = plan_batch([(slice(0, 5), slice(2, 7))] * 3, (5, 7), (8, 100), "big-chunk")
+    assert plan.chunk_coords.tolist() == [[0, 0]]
+    assert plan.n_pieces == 3
+    np.testing.assert_array_equal(plan.piece_src_start, [[0, 2]] * 3)
+    np.testing.assert_array_equal(plan.piece_extent, [[5, 5]] * 3)
