@@ -6,8 +6,9 @@ loader, writes a chunked float32 array to it with zarr-python, then reads the sa
 seeded sequence of random-crop batches through gpuzarr
 
 * without prefetch (each batch fetches its chunks when it is read), and
-* with :class:`gpuzarr.prefetch.PlannedPrefetcher` queuing the chunks of the next
-  ``depth`` batches into a :class:`gpuzarr.cache.PinnedLRUCache` in the background.
+* with ``gpuzarr.Loader(..., prefetch_chunks=depth)``, whose
+  :class:`gpuzarr.prefetch.PlannedPrefetcher` queues the chunks of the next ``depth``
+  batches into a :class:`gpuzarr.cache.PinnedLRUCache` in the background.
 
 Prints a table and writes JSON (``--out``). Usage::
 
@@ -34,7 +35,6 @@ sys.path.insert(0, str(REPO))
 
 import gpuzarr
 from gpuzarr.cache import PinnedLRUCache
-from gpuzarr.prefetch import PlannedPrefetcher, Prefetcher
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, dict[str, str]]:
@@ -46,47 +46,25 @@ def start_server(latency: float) -> tuple[subprocess.Popen, dict[str, str]]:
     return process, info
 
 
-def make_batches(shape: tuple[int, int], crop: int, batch_size: int, count: int, seed: int) -> list[list[tuple]]:
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(count):
-        starts = rng.integers(0, [shape[0] - crop, shape[1] - crop], size=(batch_size, 2))
-        batches.append([(slice(int(a), int(a) + crop), slice(int(b), int(b) + crop)) for a, b in starts])
-    return batches
+def run_loader(url: str, options: dict[str, Any], sampler: gpuzarr.RandomCrops, batch_size: int,
+               depth: int, workers: int) -> tuple[float, int, dict[str, Any]]:
+    """Seconds to iterate one epoch of ``sampler`` through :class:`gpuzarr.Loader` (first batch excluded).
 
-
-def run_without_prefetch(url: str, options: dict[str, Any], batches: list[list[tuple]]) -> float:
-    with gpuzarr.open_array(url, **options) as handle:
-        handle.read_batch(batches[0], device="cpu")  # warm connections
-        started = time.perf_counter()
-        for regions in batches[1:]:
-            handle.read_batch(regions, device="cpu")
-        return time.perf_counter() - started
-
-
-def run_with_prefetch(url: str, options: dict[str, Any], batches: list[list[tuple]], depth: int,
-                      workers: int) -> tuple[float, dict[str, Any]]:
+    Both modes read through the same :class:`PinnedLRUCache` (so chunks shared between
+    batches are fetched once either way, and the difference is prefetch alone). ``depth``
+    0: no prefetch (each batch fetches its missing chunks when it is read, no read-ahead
+    thread); otherwise the loader prefetches the chunks of the next ``depth`` batches.
+    """
     cache = PinnedLRUCache(512 << 20)
     with gpuzarr.open_array(url, cache=cache, **options) as handle:
-        plans = [handle.plan(regions) for regions in batches]
-        chunk_bytes = int(np.prod(handle.chunks)) * handle.dtype.itemsize
-
-        def fetch_into_cache(coords: list[tuple[int, ...]]) -> None:
-            handle.reader.read(np.asarray(coords, dtype=np.int64))
-
-        prefetcher: Prefetcher = Prefetcher(fetch_into_cache, max_bytes_in_flight=64 << 20, workers=workers,
-                                            size_of=lambda _: chunk_bytes)
-        planned = PlannedPrefetcher(prefetcher, lambda i: [tuple(c) for c in plans[i].chunk_coords.tolist()],
-                                    batches_ahead=depth, num_batches=len(plans))
-        handle.read_plan(plans[0], device="cpu")  # warm connections (same as the baseline)
+        loader = gpuzarr.Loader(handle, sampler, batch_size, device="cpu", prefetch_batches=0,
+                                prefetch_chunks=depth, prefetch_workers=workers)
+        batches = iter(loader)
+        next(batches)  # warm connections, equally for every mode
         started = time.perf_counter()
-        for index in range(1, len(plans)):
-            planned.advance(index)
-            handle.read_plan(plans[index], device="cpu")
+        count = sum(1 for _ in batches)
         elapsed = time.perf_counter() - started
-        prefetcher.close()
-        stats = cache.stats()
-        return elapsed, {"cache_hit_rate": round(stats.hit_rate, 3), "prefetched_keys": prefetcher.stats().fetched_keys}
+        return elapsed, count, {"cache_hit_rate": round(cache.stats().hit_rate, 3)}
 
 
 def main() -> None:
@@ -95,6 +73,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--size", type=int, default=2048, help="the array is size x size float32")
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("bench_prefetch.json"))
@@ -112,21 +91,22 @@ def main() -> None:
                                              aws_secret_access_key=info["secret"], region_name="us-east-1")
         client.create_bucket(Bucket="bench")
         url = "s3://bench/data.zarr"
-        shape, chunks = (1024, 1024), (64, 64)
+        shape, chunks = (args.size, args.size), (64, 64)
         array = zarr.create_array(url, shape=shape, chunks=chunks, dtype="float32",
                                   compressors=zarr.codecs.BloscCodec(cname="lz4"), storage_options=direct)
         array[:] = np.random.default_rng(0).normal(size=shape).astype("float32")
-        batches = make_batches(shape, args.crop, args.batch_size, args.batches + 1, seed=42)
+        sampler = gpuzarr.RandomCrops((args.crop, args.crop), seed=42,
+                                      samples_per_epoch=(args.batches + 1) * args.batch_size)
         batch_mb = args.batch_size * args.crop * args.crop * 4 / 1e6
 
         rows: list[dict[str, Any]] = []
-        baseline = run_without_prefetch(url, proxied, batches)
-        rows.append({"mode": "no prefetch", "depth": 0, "seconds": baseline})
+        baseline, count, extra = run_loader(url, proxied, sampler, args.batch_size, 0, args.workers)
+        rows.append({"mode": "no prefetch", "depth": 0, "seconds": baseline, "batches": count, **extra})
         for depth in args.depths:
-            elapsed, extra = run_with_prefetch(url, proxied, batches, depth, args.workers)
-            rows.append({"mode": "planned prefetch", "depth": depth, "seconds": elapsed, **extra})
+            elapsed, count, extra = run_loader(url, proxied, sampler, args.batch_size, depth, args.workers)
+            rows.append({"mode": "planned prefetch", "depth": depth, "seconds": elapsed, "batches": count, **extra})
         for row in rows:
-            row["batches_per_s"] = args.batches / row["seconds"]
+            row["batches_per_s"] = row["batches"] / row["seconds"]
             row["mb_per_s"] = row["batches_per_s"] * batch_mb
             row["speedup"] = baseline / row["seconds"]
 

@@ -5,7 +5,10 @@ world size it returns the regions of that epoch for that rank. :class:`Loader` c
 them into batches and reads each with :meth:`ArrayHandle.read_batch`, keeping up to
 ``prefetch_batches`` batches in flight on a background thread, so decode overlaps the
 training step. Because the whole epoch's regions are known up front, a loader can
-resume mid-epoch from :meth:`Loader.state_dict` and give every rank a disjoint share.
+resume mid-epoch from :meth:`Loader.state_dict`, give every rank a disjoint share, and
+(with ``prefetch_chunks``) fetch exactly the encoded chunks of the next batches into the
+array's cache ahead of time (:class:`gpuzarr.prefetch.PlannedPrefetcher`), which hides
+storage latency such as S3's.
 """
 
 from __future__ import annotations
@@ -171,9 +174,18 @@ class Loader:
         prefetch_batches: int = 2,
         rank: int | None = None,
         world_size: int | None = None,
+        prefetch_chunks: int = 0,
+        prefetch_workers: int = 8,
+        prefetch_max_bytes: int = 256 << 20,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        if prefetch_chunks and getattr(getattr(array, "reader", None), "cache", None) is None:
+            raise ValueError("prefetch_chunks needs an array opened with a cache, e.g. "
+                             "gpuzarr.open_array(url, cache=gpuzarr.cache.PinnedLRUCache(1 << 30))")
+        self.prefetch_chunks = prefetch_chunks
+        self.prefetch_workers = prefetch_workers
+        self.prefetch_max_bytes = prefetch_max_bytes
         self.array = array
         self.sampler = sampler
         self.batch_size = batch_size
@@ -209,6 +221,7 @@ class Loader:
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
 
     def _schedule(self) -> Iterator[tuple[int, int, list[tuple]]]:
+        """(epoch, batch index, regions) of every batch from the resume point on, in order."""
         start_epoch, start_batch = self._epoch, self._batch
         for epoch in range(start_epoch, self.epochs):
             batches = self._batches(self.epoch_regions(epoch))
@@ -216,15 +229,63 @@ class Loader:
                 yield epoch, b, batches[b]
 
     # ------------------------------------------------------------ iteration
+    def _chunk_prefetch(self) -> tuple[Any, Any] | None:
+        """A planned prefetcher over the chunks of the upcoming batches (``prefetch_chunks`` > 0)."""
+        if not self.prefetch_chunks:
+            return None
+        from gpuzarr.prefetch import PlannedPrefetcher, Prefetcher
+
+        array = self.array
+        upcoming = self._schedule()  # a second walk of the same schedule, running ahead of the reads
+        planned: dict[int, np.ndarray] = {}
+
+        def coords_of(ordinal: int) -> list[tuple[int, ...]]:
+            while len(planned) <= ordinal:  # PlannedPrefetcher asks for each ordinal once, in order
+                try:
+                    _, _, regions = next(upcoming)
+                except StopIteration:
+                    return []
+                planned[len(planned)] = array.plan(regions).chunk_coords
+            coords = planned[ordinal]
+            planned[ordinal] = coords[:0]  # keep the slot (it counts), drop the data
+            return [tuple(c) for c in coords.tolist()]
+
+        chunk_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize
+        prefetcher = Prefetcher(
+            lambda coords: array.reader.read(np.asarray(coords, dtype=np.int64).reshape(-1, array.ndim)),
+            max_bytes_in_flight=self.prefetch_max_bytes,
+            workers=self.prefetch_workers,
+            size_of=lambda _: chunk_bytes,
+        )
+        return prefetcher, PlannedPrefetcher(prefetcher, coords_of, batches_ahead=self.prefetch_chunks)
+
     def _read(self, regions: list[tuple]) -> Any:
         return self.array.read_batch(regions, device=self.device, transform=self.transform)
 
+    def _reads(self) -> Iterator[tuple[int, int, Any]]:
+        """Read every scheduled batch in order, chunk prefetch running ahead when enabled."""
+        chunk_prefetch = self._chunk_prefetch()
+        try:
+            for ordinal, (epoch, b, regions) in enumerate(self._schedule()):
+                if chunk_prefetch is not None:
+                    chunk_prefetch[1].advance(ordinal)
+                    ticket = chunk_prefetch[1].tickets.get(ordinal)
+                    if ticket is not None:  # its chunks are on their way: wait rather than fetch twice
+                        ticket.wait()
+                yield epoch, b, self._read(regions)
+        finally:
+            if chunk_prefetch is not None:
+                chunk_prefetch[0].close()
+
     def __iter__(self) -> Iterator[Any]:
         if self.prefetch_batches == 0:
-            for epoch, b, regions in self._schedule():
-                batch = self._read(regions)
-                self._epoch, self._batch = epoch, b + 1
-                yield batch
+            reads = self._reads()
+            try:
+                for epoch, b, batch in reads:
+                    self._epoch, self._batch = epoch, b + 1
+                    yield batch
+            finally:
+                reads.close()
             self._epoch, self._batch = self.epochs, 0
             return
         yield from self._iter_prefetched()
@@ -234,11 +295,12 @@ class Loader:
         stop = threading.Event()
 
         def produce() -> None:
+            reads = self._reads()
             try:
-                for epoch, b, regions in self._schedule():
+                for epoch, b, batch in reads:
                     if stop.is_set():
                         return
-                    item = ("batch", (epoch, b, self._read(regions)))
+                    item = ("batch", (epoch, b, batch))
                     while not stop.is_set():
                         try:
                             results.put(item, timeout=0.1)
@@ -248,6 +310,8 @@ class Loader:
                 results.put(("done", None))
             except BaseException as exc:  # handed to the consumer, re-raised there
                 results.put(("error", exc))
+            finally:
+                reads.close()
 
         worker = threading.Thread(target=produce, name="gpuzarr-loader", daemon=True)
         worker.start()

@@ -234,6 +234,9 @@ class FaultProxy:
 
         class QuietServer(ThreadingHTTPServer):
             daemon_threads = True
+            # the default backlog of 5 drops SYNs under a burst of parallel range reads, and the
+            # client's TCP retransmit backoff (1 s, 2 s, 4 s ...) then looks like a slow server
+            request_queue_size = 1024
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # injected resets / client hang-ups are expected, not worth a traceback

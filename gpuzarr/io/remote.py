@@ -157,6 +157,7 @@ class RemoteFetcher(ChunkFetcher):
         self._lock = threading.Lock()
         self._fs: Any = None
         self._client: Any = None
+        self._client_ready: asyncio.Lock | None = None
         self._http_session: Any = None
         self._closed = False
 
@@ -174,6 +175,14 @@ class RemoteFetcher(ChunkFetcher):
     async def _s3_client(self) -> Any:
         if self._client is not None:
             return self._client
+        if self._client_ready is None:  # created on the loop, so concurrent first fetches share one client
+            self._client_ready = asyncio.Lock()
+        async with self._client_ready:
+            if self._client is None:
+                self._client = await self._create_s3_client()
+        return self._client
+
+    async def _create_s3_client(self) -> Any:
         import s3fs
 
         options = dict(self._options)
@@ -188,8 +197,7 @@ class RemoteFetcher(ChunkFetcher):
         fs.retries = 1
         await fs.set_session()
         self._fs = fs
-        self._client = await fs.get_s3(self.bucket)
-        return self._client
+        return await fs.get_s3(self.bucket)
 
     async def _session(self) -> Any:
         if self._http_session is None:
