@@ -33,6 +33,8 @@ class EncodedChunkCache(Protocol):
 
     def put_many(self, items: Sequence[tuple[tuple[str, str, str], Buffer]]) -> None: ...
 
+    def contains_many(self, keys: Sequence[tuple[str, str, str]]) -> list[bool]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ShardLayout:
@@ -87,6 +89,13 @@ class ChunkReader:
         ]
 
     # ----------------------------------------------------------------- reads
+    def cached(self, coords: np.ndarray) -> list[bool]:
+        """Whether each chunk at ``coords`` is in the encoded-chunk cache (all False without one)."""
+        if self.cache is None or len(coords) == 0:
+            return [False] * len(coords)
+        store_id = self.fetcher.store_id
+        return self.cache.contains_many([(store_id, self.array_path, k) for k in self.chunk_keys(coords)])
+
     def read(self, coords: np.ndarray) -> list[Buffer | None]:
         """Encoded bytes of each chunk at ``coords`` (U, ndim); ``None`` = never written."""
         if len(coords) == 0:

@@ -250,12 +250,16 @@ class Loader:
             planned[ordinal] = coords[:0]  # keep the slot (it counts), drop the data
             return [tuple(c) for c in coords.tolist()]
 
+        def as_coords(keys: list[tuple[int, ...]]) -> np.ndarray:
+            return np.asarray(keys, dtype=np.int64).reshape(-1, array.ndim)
+
         chunk_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize
         prefetcher = Prefetcher(
-            lambda coords: array.reader.read(np.asarray(coords, dtype=np.int64).reshape(-1, array.ndim)),
+            lambda coords: array.reader.read(as_coords(coords)),
             max_bytes_in_flight=self.prefetch_max_bytes,
             workers=self.prefetch_workers,
             size_of=lambda _: chunk_bytes,
+            is_cached=lambda coords: array.reader.cached(as_coords(coords)),
         )
         return prefetcher, PlannedPrefetcher(prefetcher, coords_of, batches_ahead=self.prefetch_chunks)
 
@@ -268,9 +272,11 @@ class Loader:
         try:
             for ordinal, (epoch, b, regions) in enumerate(self._schedule()):
                 if chunk_prefetch is not None:
-                    chunk_prefetch[1].advance(ordinal)
+                    # queue this batch and the next ones; then wait for this batch's chunks, which
+                    # are in flight or cached already, rather than fetch any of them twice
+                    chunk_prefetch[1].advance(ordinal - 1)
                     ticket = chunk_prefetch[1].tickets.get(ordinal)
-                    if ticket is not None:  # its chunks are on their way: wait rather than fetch twice
+                    if ticket is not None:
                         ticket.wait()
                 yield epoch, b, self._read(regions)
         finally:
