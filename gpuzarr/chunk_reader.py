@@ -21,7 +21,7 @@ import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
 from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, SuffixRange
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, DeferredRead, SuffixRange
 
 _MAX_UINT64 = np.uint64(2**64 - 1)
 
@@ -96,10 +96,16 @@ class ChunkReader:
         store_id = self.fetcher.store_id
         return self.cache.contains_many([(store_id, self.array_path, k) for k in self.chunk_keys(coords)])
 
-    def read(self, coords: np.ndarray) -> list[Buffer | None]:
-        """Encoded bytes of each chunk at ``coords`` (U, ndim); ``None`` = never written."""
+    def read(self, coords: np.ndarray, *, deferred: bool = False) -> list[Buffer | DeferredRead | None]:
+        """Encoded bytes of each chunk at ``coords`` (U, ndim); ``None`` = never written.
+
+        With ``deferred=True`` (the CPU engine) a plain chunk of a fetcher that reads into
+        buffers comes back as a :class:`DeferredRead` for the decoding thread to load.
+        """
         if len(coords) == 0:
             return []
+        if deferred and self.cache is None and self.shard is None and self.fetcher.reads_into_buffers:
+            return [DeferredRead(self.fetcher, self._store_key(c)) for c in coords.tolist()]
         cache_keys = None
         missing_idx = np.arange(len(coords))
         out: list[Buffer | None] = [None] * len(coords)

@@ -352,21 +352,25 @@ def test_empty_batch(cube: tuple[zarr.Array, gpuzarr.ArrayHandle]) -> None:
 
 @pytest.fixture
 def counting_fetches(cube: tuple[zarr.Array, gpuzarr.ArrayHandle]) -> Iterator[list[str]]:
-    """Record every key the cube's fetcher is asked for (instance-level wrapper, removed after)."""
+    """Record every key the cube's fetcher reads, batched or into a buffer (instance-level wrappers)."""
     _, handle = cube
     fetcher = handle.reader.fetcher
-    original = fetcher.fetch
+    original_fetch, original_read_into = fetcher.fetch, fetcher.read_into
     seen: list[str] = []
 
     def fetch(keys: Any, ranges: Any = None) -> Any:
         seen.extend(keys)
-        return original(keys, ranges)
+        return original_fetch(keys, ranges)
 
-    fetcher.fetch = fetch
+    def read_into(key: str, buffer_for: Any) -> Any:
+        seen.append(key)
+        return original_read_into(key, buffer_for)
+
+    fetcher.fetch, fetcher.read_into = fetch, read_into
     try:
         yield seen
     finally:
-        del fetcher.fetch
+        del fetcher.fetch, fetcher.read_into
 
 
 def test_regions_sharing_chunks_fetch_each_chunk_once(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain
+from gpuzarr.io.base import DeferredRead
 from gpuzarr.planning import BatchPlan, piece_byte_intervals
 
 
@@ -38,6 +39,8 @@ class CpuEngine:
     """Executes a :class:`BatchPlan` with NumPy and a thread pool."""
 
     name = "cpu"
+    #: chunks may arrive as :class:`~gpuzarr.io.base.DeferredRead`, loaded by the decoding thread
+    loads_deferred_reads = True
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or default_workers()
@@ -52,6 +55,13 @@ class CpuEngine:
         if buf is None or buf.nbytes != nbytes:
             buf = self._scratch.buf = np.empty(nbytes, dtype=np.uint8)
         return buf
+
+    def _input_for(self, nbytes: int) -> np.ndarray:
+        """A per-thread buffer for encoded bytes read by :class:`DeferredRead`, grown as needed."""
+        buf = getattr(self._scratch, "encoded", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._scratch.encoded = np.empty(max(nbytes, 1 << 16), dtype=np.uint8)
+        return buf[:nbytes]
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -94,6 +104,8 @@ class CpuEngine:
 
         def assemble_chunk(u: int) -> None:
             data = encoded[u]
+            if isinstance(data, DeferredRead):
+                data = data.load(self._input_for)
             chunk = None
             if data is not None:
                 intervals = None

@@ -20,8 +20,10 @@ Contract of :meth:`ChunkFetcher.fetch`:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 Buffer = bytes | bytearray | memoryview
 
@@ -44,6 +46,25 @@ class SuffixRange:
 Range = ByteRange | SuffixRange | None
 
 
+@dataclass(frozen=True, slots=True)
+class DeferredRead:
+    """An encoded chunk to be read later, by the thread that decodes it, into that thread's buffer.
+
+    Returned by :meth:`gpuzarr.chunk_reader.ChunkReader.read` with ``deferred=True`` for
+    fetchers that can read into a caller's buffer (local files). The CPU engine loads it
+    in the same worker that decodes it: the bytes are still in the CPU cache when the
+    decoder reads them, and no fresh multi-MB buffer (and its page faults) is needed per
+    chunk.
+    """
+
+    fetcher: ChunkFetcher
+    key: str
+
+    def load(self, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
+        """Read the object into ``buffer_for(size)`` (uint8); ``None`` when the key does not exist."""
+        return self.fetcher.read_into(self.key, buffer_for)
+
+
 class ChunkFetcher(abc.ABC):
     """Batched, concurrent reads of whole objects or byte ranges by key."""
 
@@ -53,6 +74,23 @@ class ChunkFetcher(abc.ABC):
     @abc.abstractmethod
     def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
         """Read every key (or range of it) of a batch; ``None`` for a missing key."""
+
+    #: whether :meth:`read_into` reads without an intermediate copy (see :class:`DeferredRead`)
+    reads_into_buffers: bool = False
+
+    def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
+        """Read a whole object into ``buffer_for(size)``; returns the filled view, ``None`` if missing.
+
+        The default goes through :meth:`fetch` and copies; fetchers that can do better
+        set ``reads_into_buffers`` and override it.
+        """
+        (data,) = self.fetch([key])
+        if data is None:
+            return None
+        src = memoryview(data).cast("B")
+        out = buffer_for(len(src))
+        out[: len(src)] = np.frombuffer(src, dtype=np.uint8)
+        return memoryview(out)[: len(src)]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release threads, handles and connections."""

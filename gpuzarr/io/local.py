@@ -21,7 +21,7 @@ import functools
 import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +161,32 @@ class LocalFileFetcher(ChunkFetcher):
                 size = os.fstat(fd).st_size
                 offset, length = resolve_extent(key, size, byte_range)
                 return _pread_exact(fd, length, offset, key)
+            finally:
+                os.close(fd)
+
+        return self.retry.call(attempt, key=key)
+
+    reads_into_buffers = True
+
+    def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
+        """Read a whole file into ``buffer_for(size)`` with ``os.preadv`` (no intermediate bytes object)."""
+        path = self._path(key)
+
+        def attempt() -> memoryview | None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            try:
+                size = os.fstat(fd).st_size
+                out = memoryview(buffer_for(size))[:size]
+                done = 0
+                while done < size:
+                    n = os.preadv(fd, [out[done:]], done)
+                    if n == 0:
+                        raise ShortReadError(f"chunk key {key!r}: read {done} of {size} bytes")
+                    done += n
+                return out
             finally:
                 os.close(fd)
 
