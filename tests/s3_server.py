@@ -106,15 +106,43 @@ class S3Server:
         self.server.stop()
 
 
-def start_s3_server() -> S3Server:
-    """Start moto's ThreadedMotoServer on a free loopback port."""
+def _latency_moto_server(ip_address: str, port: int, read_latency: float) -> Any:
+    """moto's threaded server whose GET/HEAD answers wait ``read_latency`` seconds first.
+
+    Latency added inside the server costs no extra HTTP hop, unlike the fault proxy, so a
+    benchmark on a 2-core machine measures the loader rather than a second Python server.
+    """
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, ThreadedMotoServer, create_backend_app
+    from werkzeug.serving import make_server
+
+    class LatencyMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:  # moto's own, with the app wrapped
+            backend = DomainDispatcherApplication(create_backend_app)
+
+            def app(environ: dict[str, Any], start_response: Any) -> Any:
+                if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                    time.sleep(read_latency)
+                return backend(environ, start_response)
+
+            self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return LatencyMotoServer(ip_address=ip_address, port=port, verbose=False)
+
+
+def start_s3_server(read_latency: float = 0.0) -> S3Server:
+    """Start moto's ThreadedMotoServer on a free loopback port (optionally slowing reads down)."""
     import logging
 
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    if read_latency > 0:
+        server = _latency_moto_server("127.0.0.1", port, read_latency)
+    else:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -327,8 +355,10 @@ if __name__ == "__main__":  # pragma: no cover - manual use and benchmarks
 
     parser = argparse.ArgumentParser(description="moto S3 + fault-injection proxy on loopback")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every proxied request")
+    parser.add_argument("--read-latency", type=float, default=0.0,
+                        help="seconds moto itself waits before answering a GET/HEAD (no proxy hop)")
     args = parser.parse_args()
-    server = start_s3_server()
+    server = start_s3_server(read_latency=args.read_latency)
     proxy = FaultProxy(int(server.endpoint_url.rsplit(":", 1)[1]), FaultConfig(latency_seconds=args.latency))
     print(f"moto={server.endpoint_url} proxy={proxy.endpoint_url} key={ACCESS_KEY} secret={SECRET_KEY}", flush=True)
     try:
