@@ -19,15 +19,7 @@
 
 #define GZ_MAX_NDIM 16
 
-__device__ __forceinline__ long long gz_find_row(const long long* __restrict__ row_tile_start,
-                                                 long long n_rows, long long tile) {
-    long long lo = 0, hi = n_rows - 1;
-    while (lo < hi) {
-        long long mid = (lo + hi + 1) >> 1;
-        if (row_tile_start[mid] <= tile) lo = mid; else hi = mid - 1;
-    }
-    return lo;
-}
+#include "common.cuh"
 
 extern "C" __global__ void copy_segments(
     const unsigned char* __restrict__ src,

@@ -23,16 +23,7 @@
 #define GZ_MODE_SHUFFLE 1
 #define GZ_MODE_BITSHUFFLE 2
 
-__device__ __forceinline__ long long gz_find_row(const long long* __restrict__ row_tile_start,
-                                                 long long n_rows, long long tile) {
-    // last row r with row_tile_start[r] <= tile (rows without tiles are skipped)
-    long long lo = 0, hi = n_rows - 1;
-    while (lo < hi) {
-        long long mid = (lo + hi + 1) >> 1;
-        if (row_tile_start[mid] <= tile) lo = mid; else hi = mid - 1;
-    }
-    return lo;
-}
+#include "common.cuh"
 
 __device__ __forceinline__ unsigned char gz_stored_byte(const unsigned char* __restrict__ arena,
                                                         const long long* __restrict__ stream_offset,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,25 @@ CRC32C_SEGMENT = 4096
 _lock = threading.Lock()
 
 
-def kernel_source(name: str) -> str:
-    """Text of ``kernels/<name>`` from the installed package, or from the checkout."""
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
+
+
+def _raw_kernel_source(name: str) -> str:
     try:
         return importlib.resources.files("gpuzarr._kernels").joinpath(name).read_text()
     except (ModuleNotFoundError, FileNotFoundError, OSError):
         repo = Path(__file__).resolve().parents[2] / "kernels" / name
         return repo.read_text()
+
+
+def kernel_source(name: str) -> str:
+    """Text of ``kernels/<name>`` (installed package, else the checkout) with local includes inlined.
+
+    NVRTC has no include path to the package directory, so ``#include "common.cuh"``
+    is replaced by that file's text here; nvcc (``scripts/compile_kernels.sh``) finds
+    it beside the source.
+    """
+    return _LOCAL_INCLUDE.sub(lambda m: _raw_kernel_source(m.group(1)), _raw_kernel_source(name))
 
 
 def _cupy() -> Any:

@@ -65,6 +65,15 @@ class DeferredRead:
         return self.fetcher.read_into(self.key, buffer_for)
 
 
+def normalize_request(keys: Sequence[str], ranges: Sequence[Range] | None) -> tuple[list[str], list[Range]]:
+    """``keys`` and one range per key (``None`` = whole object), checked to line up."""
+    keys = list(keys)
+    ranges = list(ranges) if ranges is not None else [None] * len(keys)
+    if len(ranges) != len(keys):
+        raise ValueError(f"fetch got {len(keys)} keys but {len(ranges)} ranges")
+    return keys, ranges
+
+
 class ChunkFetcher(abc.ABC):
     """Batched, concurrent reads of whole objects or byte ranges by key."""
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.errors import RangeNotSatisfiableError, FetchError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
 
@@ -149,48 +149,45 @@ class LocalFileFetcher(ChunkFetcher):
                 self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="gpuzarr-local")
             return self._pool
 
-    def _read_one(self, key: str, byte_range: Range) -> bytes | None:
+    def _with_open_file(self, key: str, read: Callable[[int, int], Any]) -> Any:
+        """``read(fd, size)`` on the file of ``key`` under the retry policy; ``None`` when it does not exist."""
         path = self._path(key)
 
-        def attempt() -> bytes | None:
+        def attempt() -> Any:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             try:
-                size = os.fstat(fd).st_size
-                offset, length = resolve_extent(key, size, byte_range)
-                return _pread_exact(fd, length, offset, key)
+                return read(fd, os.fstat(fd).st_size)
             finally:
                 os.close(fd)
 
         return self.retry.call(attempt, key=key)
+
+    def _read_one(self, key: str, byte_range: Range) -> bytes | None:
+        def read(fd: int, size: int) -> bytes:
+            offset, length = resolve_extent(key, size, byte_range)
+            return _pread_exact(fd, length, offset, key)
+
+        return self._with_open_file(key, read)
 
     reads_into_buffers = True
 
     def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
         """Read a whole file into ``buffer_for(size)`` with ``os.preadv`` (no intermediate bytes object)."""
-        path = self._path(key)
 
-        def attempt() -> memoryview | None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            try:
-                size = os.fstat(fd).st_size
-                out = memoryview(buffer_for(size))[:size]
-                done = 0
-                while done < size:
-                    n = os.preadv(fd, [out[done:]], done)
-                    if n == 0:
-                        raise ShortReadError(f"chunk key {key!r}: read {done} of {size} bytes")
-                    done += n
-                return out
-            finally:
-                os.close(fd)
+        def read(fd: int, size: int) -> memoryview:
+            out = memoryview(buffer_for(size))[:size]
+            done = 0
+            while done < size:
+                n = os.preadv(fd, [out[done:]], done)
+                if n == 0:
+                    raise ShortReadError(f"chunk key {key!r}: read {done} of {size} bytes")
+                done += n
+            return out
 
-        return self.retry.call(attempt, key=key)
+        return self._with_open_file(key, read)
 
     def _read_slice(self, keys: Sequence[str], ranges: Sequence[Range]) -> list[bytes | None]:
         return [self._read_one(k, r) for k, r in zip(keys, ranges, strict=True)]
@@ -246,10 +243,7 @@ class LocalFileFetcher(ChunkFetcher):
     # -- ChunkFetcher ----------------------------------------------------------------
     def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
         """Read a batch; host bytes-like per key, ``None`` for a missing file."""
-        keys = list(keys)
-        ranges = list(ranges) if ranges is not None else [None] * len(keys)
-        if len(ranges) != len(keys):
-            raise ValueError(f"fetch got {len(keys)} keys but {len(ranges)} ranges")
+        keys, ranges = normalize_request(keys, ranges)
         if not keys:
             return []
         if self.use_kvikio:
@@ -292,8 +286,7 @@ class LocalFileFetcher(ChunkFetcher):
             raise DeviceUnavailableError(f"fetch_device on {self.store_id}: no usable CUDA device / kvikio")
         import cupy
 
-        keys = list(keys)
-        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        keys, ranges = normalize_request(keys, ranges)
         paths, file_offsets, lengths, present = self._plan_extents(keys, ranges)
         buffer_offsets = np.zeros(len(keys), dtype=np.int64)
         if len(keys) > 1:

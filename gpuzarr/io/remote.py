@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from gpuzarr.errors import DeviceUnavailableError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
 from gpuzarr.io.local import DeviceBatch, cuda_io_usable, range_past_end_error, resolve_extent
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
@@ -284,10 +284,7 @@ class RemoteFetcher(ChunkFetcher):
         """Read a batch concurrently; host ``bytes`` per key, ``None`` for a missing key."""
         if self._closed:
             raise RuntimeError(f"fetcher for {self.store_id} is closed")
-        keys = list(keys)
-        ranges = list(ranges) if ranges is not None else [None] * len(keys)
-        if len(ranges) != len(keys):
-            raise ValueError(f"fetch got {len(keys)} keys but {len(ranges)} ranges")
+        keys, ranges = normalize_request(keys, ranges)
         if not keys:
             return []
         return self._run(self._fetch_all(keys, ranges))
@@ -320,8 +317,7 @@ class RemoteFetcher(ChunkFetcher):
             raise DeviceUnavailableError(f"fetch_device on {self.store_id}: no usable CUDA device / kvikio")
         import cupy
 
-        keys = list(keys)
-        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        keys, ranges = normalize_request(keys, ranges)
         if not self.use_kvikio:
             host = self.fetch(keys, ranges)
             lengths = np.array([0 if h is None else len(h) for h in host], dtype=np.int64)

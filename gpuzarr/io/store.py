@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpuzarr.errors import FetchError, RangeNotSatisfiableError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
 
 
 class ZarrStoreFetcher(ChunkFetcher):
@@ -27,7 +27,7 @@ class ZarrStoreFetcher(ChunkFetcher):
         from zarr.core.sync import sync
 
         proto = default_buffer_prototype()
-        rngs = ranges if ranges is not None else [None] * len(keys)
+        keys, rngs = normalize_request(keys, ranges)
 
         def request(rng: Range) -> Any:
             if rng is None:
