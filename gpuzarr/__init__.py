@@ -12,6 +12,7 @@ CUDA kernels, Blosc included) or on the CPU (numcodecs in a thread pool)::
 from __future__ import annotations
 
 from gpuzarr.array import ArrayHandle, GroupHandle, open_array, open_group
+from gpuzarr.cache import PinnedLRUCache
 from gpuzarr.errors import (
     ArrayNotFoundError,
     CorruptChunkError,
@@ -43,6 +44,7 @@ __all__ = [
     "GroupHandle",
     "Loader",
     "NotAZarrArrayError",
+    "PinnedLRUCache",
     "RandomCrops",
     "RegionError",
     "UnsupportedCodecError",

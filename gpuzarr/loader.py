@@ -182,7 +182,7 @@ class Loader:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         if prefetch_chunks and getattr(getattr(array, "reader", None), "cache", None) is None:
             raise ValueError("prefetch_chunks needs an array opened with a cache, e.g. "
-                             "gpuzarr.open_array(url, cache=gpuzarr.cache.PinnedLRUCache(1 << 30))")
+                             "gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
         self.prefetch_chunks = prefetch_chunks
         self.prefetch_workers = prefetch_workers
         self.prefetch_max_bytes = prefetch_max_bytes
