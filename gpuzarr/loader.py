@@ -35,13 +35,13 @@ class DistributedContext:
     @classmethod
     def detect(cls) -> DistributedContext:
         try:
-            import torch.distributed as dist  # noqa: PLC0415
+            import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
                 return cls(dist.get_rank(), dist.get_world_size())
         except ImportError:
             pass
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _crop_axes(shape: Sequence[int], size: Sequence[int | None]) -> tuple[int, ...]:
@@ -314,7 +314,7 @@ class Loader:
                         except queue.Full:
                             continue
                 results.put(("done", None))
-            except BaseException as exc:  # handed to the consumer, re-raised there
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
                 results.put(("error", exc))
             finally:
                 reads.close()

@@ -58,5 +58,5 @@ FUZZ = textwrap.dedent(
 
 def test_corrupt_blosc_chunks_on_cpu_never_crash() -> None:
     code = FUZZ.replace("SEED", "20261121").replace("range(N)", "range(10000)").replace("N // 2", "5000")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, f"child exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"

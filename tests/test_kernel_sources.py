@@ -27,5 +27,5 @@ def test_runtime_source_compiles_with_nvcc(name: str, tmp_path: Path) -> None:
     src.write_text(kernel_source(name))
     proc = subprocess.run(["nvcc", "-cubin", "-std=c++17", "-gencode", "arch=compute_90,code=sm_90",
                            "-Werror", "all-warnings", "-o", str(tmp_path / "k.cubin"), str(src)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr

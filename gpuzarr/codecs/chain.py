@@ -164,7 +164,7 @@ class DecodeChain:
     @property
     def codec_names(self) -> tuple[str, ...]:
         names = [s.name for s in reversed(self.bytes_steps)]
-        return tuple(["bytes", *names])
+        return ("bytes", *names)
 
     @property
     def stored_nbytes(self) -> int:

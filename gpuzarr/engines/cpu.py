@@ -22,7 +22,6 @@ from gpuzarr.codecs.chain import DecodeChain
 from gpuzarr.io.base import DeferredRead
 from gpuzarr.planning import BatchPlan, piece_byte_intervals
 
-
 #: chunks smaller than this are always decoded whole (they hold few Blosc blocks)
 PARTIAL_DECODE_MIN_BYTES = 1 << 18
 

@@ -101,7 +101,7 @@ class ChunkFetcher(abc.ABC):
         out[: len(src)] = np.frombuffer(src, dtype=np.uint8)
         return memoryview(out)[: len(src)]
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release threads, handles and connections."""
 
     def __enter__(self) -> ChunkFetcher:
