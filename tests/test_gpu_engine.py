@@ -239,3 +239,91 @@ def test_corrupt_chunk_named_and_never_reaches_nvcomp(tmp_path: Path) -> None:
     with pytest.raises(CorruptChunkError) as info:
         gpuzarr.open_array(arr).read_batch([(slice(0, 40), slice(0, 40))], device="cuda")
     assert "1/0" in info.value.key
+
+
+# ----------------------------------------------------------------------------- nvCOMP assumptions
+# What the engine assumes of nvCOMP's Python API and could only be checked against its
+# docstrings when written: decode of a RAW batch carved from one buffer by offsets,
+# buffer_sizes reporting the decoded size of each entry (the engine's corruption check),
+# no 64 KiB limit from the Codec's default uncomp_chunk_size, thread safety.
+
+
+def _engine():
+    from gpuzarr.engines.gpu import GpuEngine
+
+    return GpuEngine()
+
+
+def _slots(sizes, align=16):
+    sizes = np.asarray(sizes, dtype=np.int64)
+    padded = (sizes + align - 1) // align * align
+    return np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64), int(padded.sum())
+
+
+@pytest.mark.parametrize("algorithm", ["Zstd", "Deflate"])
+def test_nvcomp_raw_batch_reports_decoded_sizes(algorithm: str) -> None:
+    import zlib
+
+    rng = np.random.default_rng(11)
+    raws = [rng.integers(0, 4, n, dtype=np.uint8).tobytes() for n in (1, 70_000, 3 << 20)]
+    if algorithm == "Zstd":
+        encs = [numcodecs.Zstd(level=3).encode(r) for r in raws]
+    else:
+        encs = []
+        for r in raws:  # raw deflate (no zlib header): what the engine hands nvCOMP's Deflate
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+            encs.append(comp.compress(r) + comp.flush())
+    src_off, total = _slots([len(e) for e in encs])
+    host = np.zeros(total, np.uint8)
+    for e, o in zip(encs, src_off, strict=True):
+        host[o:o + len(e)] = np.frombuffer(e, np.uint8)
+    # the last slot is 64 bytes larger than its stream decodes to: buffer_sizes must say so
+    dst_size = np.array([len(r) for r in raws], dtype=np.int64) + np.array([0, 0, 64])
+    dst_off, dst_total = _slots(dst_size)
+    out = cp.zeros(dst_total, dtype=cp.uint8)
+    sizes = _engine()._nvcomp_decode(algorithm, cp.asarray(host), src_off, np.array([len(e) for e in encs]),
+                                     out, dst_off, dst_size)
+    assert sizes.tolist() == [len(r) for r in raws]
+    got = out.get()
+    for r, o in zip(raws, dst_off, strict=True):
+        assert got[o:o + len(r)].tobytes() == r
+
+
+@pytest.mark.parametrize("compressors", [[ZstdCodec(level=1)], [GzipCodec(level=1)],
+                                         [BloscCodec(cname="lz4", shuffle="shuffle", typesize=4)],
+                                         [BloscCodec(cname="zlib", shuffle="bitshuffle", typesize=4)]])
+def test_large_chunks(tmp_path: Path, compressors) -> None:
+    """Chunks of 4 MiB: far above nvCOMP's default 64 KiB uncomp_chunk_size."""
+    rng = np.random.default_rng(12)
+    data = rng.integers(0, 50, (2048, 1024)).astype("int32")
+    arr = _make(tmp_path, "big", data, (1024, 1024), compressors=compressors)
+    _check(arr, [(slice(0, 1024), slice(0, 1024)), (slice(500, 1524), slice(0, 1024))])
+
+
+def test_corrupt_zstd_payload_is_detected(tmp_path: Path) -> None:
+    data = np.arange(64 * 64, dtype="int32").reshape(64, 64)
+    arr = _make(tmp_path, "z", data, (32, 32), compressors=[ZstdCodec(level=3)])
+    chunk = tmp_path / "z" / "c" / "0" / "1"
+    raw = bytearray(chunk.read_bytes())
+    del raw[len(raw) // 2:]  # truncated frame: the header still declares the full size
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunkError):
+        gpuzarr.open_array(arr).read_batch([(slice(0, 64), slice(0, 64))], device="cuda")
+
+
+def test_concurrent_batches_from_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(13)
+    data = rng.integers(0, 1000, (256, 256)).astype("int32")
+    arr = _make(tmp_path, "t", data, (32, 32), compressors=[BloscCodec(cname="zstd", shuffle="shuffle")])
+    handle = gpuzarr.open_array(arr)
+    regions = [_regions(data.shape, (64, 64), 8, np.random.default_rng(s)) for s in range(8)]
+
+    def read(rs):
+        return handle.read_batch(rs, device="cuda").get()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(read, regions))
+    for rs, got in zip(regions, results, strict=True):
+        np.testing.assert_array_equal(got, np.stack([data[r] for r in rs]))

@@ -133,7 +133,10 @@ class GpuEngine:
         from nvidia import nvcomp
 
         stream = cp.cuda.get_current_stream()
-        key = (algorithm, cp.cuda.Device().id, int(stream.ptr))
+        # one Codec per thread as well: the engine is shared by the process (a loader's
+        # producer thread and the main thread decode at the same time) and nothing in
+        # nvCOMP's Python API promises that one Codec's scratch state is thread-safe
+        key = (algorithm, cp.cuda.Device().id, int(stream.ptr), threading.get_ident())
         with self._lock:
             codec = self._codecs.get(key)
             if codec is None:
@@ -160,12 +163,19 @@ class GpuEngine:
             packed = cp.empty(max(total, 1), dtype=cp.uint8)
             K.launch_copy_segments(src, src_off, packed, packed_off, src_size)
             src, src_off = packed, packed_off
-        stream = int(cp.cuda.get_current_stream().ptr)
+        current = cp.cuda.get_current_stream()
+        stream = int(current.ptr)
+        # The uploads and the repack above were queued on CuPy's current stream. With
+        # stream 0 nvCOMP may run on a stream of its own (Codec: "by default an internal
+        # CUDA stream is created"), so wait for them here rather than rely on implicit
+        # ordering; decode() synchronises anyway (no DecompressConfig is passed).
+        current.synchronize()
         srcs = nvcomp.as_arrays(src, [int(x) for x in src_off], [int(x) for x in src_size], cuda_stream=stream)
         outs = nvcomp.as_arrays(dst, [int(x) for x in dst_off], [int(x) for x in dst_size], cuda_stream=stream)
         result = codec.decode(srcs, out=outs)
-        sizes = getattr(result, "buffer_sizes", None)
-        return np.asarray(sizes if sizes is not None else dst_size, dtype=np.int64)
+        # BatchArray.buffer_sizes "waits for the work that produced this batch": after it
+        # the outputs are complete and kernels on any stream may read them
+        return np.asarray(result.buffer_sizes, dtype=np.int64)
 
     # ------------------------------------------------------------------ decode stages
 

@@ -17,6 +17,7 @@ end of a file is a :class:`~gpuzarr.errors.FetchError` naming the key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -214,6 +215,7 @@ class LocalFileFetcher(ChunkFetcher):
 
         handles: list[Any] = []
         futures: list[tuple[int, Any]] = []
+        waited = 0
         try:
             for i in np.flatnonzero(present & (lengths > 0)):
                 handle = kvikio.CuFile(paths[i], "r")
@@ -223,9 +225,16 @@ class LocalFileFetcher(ChunkFetcher):
                 futures.append((int(i), handle.pread(view, int(lengths[i]), int(file_offsets[i]))))
             short: list[int] = []
             for i, future in futures:
-                if future.get() != int(lengths[i]):
+                got = future.get()
+                waited += 1
+                if got != int(lengths[i]):
                     short.append(i)
         finally:
+            # on an error, reads still in flight must finish before their handles close
+            # and before the caller drops the buffer they write into
+            for _, future in futures[waited:]:
+                with contextlib.suppress(Exception):
+                    future.get()
             for handle in handles:
                 handle.close()
         for i in short:  # rare: retry that entry alone with the checked POSIX path
@@ -292,6 +301,9 @@ class LocalFileFetcher(ChunkFetcher):
         if len(keys) > 1:
             np.cumsum(lengths[:-1], out=buffer_offsets[1:])
         device = cupy.empty(max(int(lengths.sum()), 1), dtype=cupy.uint8)
+        # CuPy's pool may hand back memory that kernels still queued on the current stream
+        # read; kvikio writes from its own threads/streams (or GDS DMA), outside that order
+        cupy.cuda.get_current_stream().synchronize()
         self._kvikio_read_into(device, keys, paths, file_offsets, lengths, present, buffer_offsets)
         return DeviceBatch(device, buffer_offsets, lengths, present)
 

@@ -374,6 +374,9 @@ class RemoteFetcher(ChunkFetcher):
             if len(keys) > 1:
                 np.cumsum(lengths[:-1], out=offsets[1:])
             device = cupy.empty(max(int(lengths.sum()), 1), dtype=cupy.uint8)
+            # pooled memory may still be read by kernels queued on the current stream;
+            # kvikio's RemoteFile writes from its own threads, outside that stream order
+            cupy.cuda.get_current_stream().synchronize()
 
             def read(i: int) -> None:
                 handle, file_offset, length = opened[i]  # type: ignore[misc]
