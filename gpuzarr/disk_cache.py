@@ -109,11 +109,29 @@ class DiskCache:
             connection = sqlite3.connect(self.index_path, timeout=self.busy_timeout_s, isolation_level=None,
                                          check_same_thread=True)
             connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             self._local.connection = connection
             self._local.pid = os.getpid()
         return connection
+
+    def _enable_wal(self, connection: sqlite3.Connection) -> None:
+        """Switch the index to WAL, retrying while another process holds the lock.
+
+        SQLite does not run the busy handler for a journal-mode change, so two processes
+        opening a new cache directory at once would otherwise see "database is locked".
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
     def _write_transaction(self) -> Any:
