@@ -133,6 +133,7 @@ class LocalFileFetcher(ChunkFetcher):
         self.max_workers = max_workers or min(32, 4 * (os.cpu_count() or 1))
         self.use_kvikio = cuda_io_usable() if use_kvikio is None else bool(use_kvikio and cuda_io_usable())
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = -1
         self._pool_lock = threading.Lock()
         self._closed = False
 
@@ -146,8 +147,10 @@ class LocalFileFetcher(ChunkFetcher):
         if self._closed:
             raise RuntimeError(f"fetcher for {self.store_id} is closed")
         with self._pool_lock:
-            if self._pool is None:
+            # a forked child (DataLoader workers) inherits the pool object but not its threads
+            if self._pool is None or self._pool_pid != os.getpid():
                 self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="gpuzarr-local")
+                self._pool_pid = os.getpid()
             return self._pool
 
     def _with_open_file(self, key: str, read: Callable[[int, int], Any]) -> Any:

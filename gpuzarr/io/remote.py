@@ -158,6 +158,7 @@ class RemoteFetcher(ChunkFetcher):
         self._fs: Any = None
         self._client: Any = None
         self._client_ready: asyncio.Lock | None = None
+        self._pid = os.getpid()
         self._http_session: Any = None
         self._closed = False
 
@@ -170,6 +171,9 @@ class RemoteFetcher(ChunkFetcher):
     def _run(self, coro: Any) -> Any:
         import fsspec.asyn
 
+        if self._pid != os.getpid():  # forked child: the parent's clients belong to a loop that is gone
+            self._fs = self._client = self._http_session = self._client_ready = None
+            self._pid = os.getpid()
         return fsspec.asyn.sync(self._loop(), lambda: coro, timeout=None)
 
     async def _s3_client(self) -> Any:
