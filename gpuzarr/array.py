@@ -77,7 +77,7 @@ def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, An
 class ArrayHandle:
     """One Zarr array, ready for batched reads of equal-shape regions."""
 
-    def __init__(self, zarr_array: Any, *, name: str | None = None, cache: Any = None,
+    def __init__(self, zarr_array: Any, *, name: str | None = None, cache: Any = None, disk_cache: Any = None,
                  _source: tuple[Any, str | None, dict[str, Any]] | None = None) -> None:
         import zarr
 
@@ -87,6 +87,7 @@ class ArrayHandle:
         self.name = name or f"{zarr_array.store}/{zarr_array.path}".rstrip("/")
         self._source = _source
         self.cache = cache
+        self.disk_cache = disk_cache
         meta = zarr_array.metadata
         if meta.zarr_format != 3:
             raise UnsupportedCodecError(f"{self.name}: Zarr format {meta.zarr_format} is not supported (Zarr 3 only)")
@@ -95,6 +96,10 @@ class ArrayHandle:
             raise UnsupportedCodecError(f"{self.name}: 0-dimensional arrays are not supported")
         fetcher_options = _split_options(_source[2])[1] if _source is not None else {}
         self.fetcher = make_fetcher(zarr_array.store, fetcher_options)
+        if disk_cache is not None:
+            from gpuzarr.disk_cache import CachingFetcher
+
+            self.fetcher = CachingFetcher(self.fetcher, disk=disk_cache, array_path=zarr_array.path)
         self.reader, self.chain, self.chunks = make_chunk_reader(
             self.fetcher, meta, zarr_array.path, self.name, cache=cache
         )
@@ -159,17 +164,21 @@ class ArrayHandle:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
+        # caches travel as what they are made of (a DiskCache as its directory, a memory
+        # cache as an empty one of the same budget), see their __reduce__
+        state = {"name": self.name, "cache": self.cache, "disk_cache": self.disk_cache}
         if self._source is None:
-            return {"zarr_array": self.zarr_array, "name": self.name}
-        return {"source": self._source, "name": self.name}
+            return {**state, "zarr_array": self.zarr_array}
+        return {**state, "source": self._source}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        caches = {"cache": state.get("cache"), "disk_cache": state.get("disk_cache")}
         if "source" in state:
             source, path, opts = state["source"]
             node = _open_zarr_node(source, path, opts)
-            self.__init__(node, name=state["name"], _source=state["source"])  # type: ignore[misc]
+            self.__init__(node, name=state["name"], _source=state["source"], **caches)  # type: ignore[misc]
         else:
-            self.__init__(state["zarr_array"], name=state["name"])  # type: ignore[misc]
+            self.__init__(state["zarr_array"], name=state["name"], **caches)  # type: ignore[misc]
 
 
 class GroupHandle:
@@ -212,13 +221,15 @@ class GroupHandle:
         return f"<gpuzarr.GroupHandle {self.name} members={list(self.keys())}>"
 
 
-def open_array(source: Any, *, path: str | None = None, cache: Any = None, **storage_options: Any) -> ArrayHandle:
+def open_array(source: Any, *, path: str | None = None, cache: Any = None, disk_cache: Any = None,
+               **storage_options: Any) -> ArrayHandle:
     """Open a Zarr 3 array for batched reads.
 
     ``source`` is a local path, a URL (``s3://bucket/data.zarr``, ``https://...``) or an
     open ``zarr.Array``. ``storage_options`` go to the store (credentials,
     ``endpoint_url``, ``anon``...). ``cache`` is an optional encoded-chunk cache shared
-    between arrays (e.g. :class:`gpuzarr.cache.PinnedLRUCache`).
+    between arrays (e.g. :class:`gpuzarr.cache.PinnedLRUCache`); ``disk_cache`` an
+    optional :class:`gpuzarr.disk_cache.DiskCache` kept in front of slow (remote) storage.
     """
     import zarr
 
@@ -230,7 +241,7 @@ def open_array(source: Any, *, path: str | None = None, cache: Any = None, **sto
     src = (source, path, storage_options) if isinstance(source, (str, os.PathLike)) else None
     if src is None:
         name = f"{node.store}/{node.path}".rstrip("/")
-    return ArrayHandle(node, name=name, cache=cache, _source=src)
+    return ArrayHandle(node, name=name, cache=cache, disk_cache=disk_cache, _source=src)
 
 
 def open_group(source: Any, *, path: str | None = None, cache: Any = None, **storage_options: Any) -> GroupHandle:

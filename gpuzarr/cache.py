@@ -106,6 +106,13 @@ class PinnedLRUCache:
         return bytes(data)
 
     # -- reads ------------------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as an *empty* cache with the same budget: cached bytes belong to one process."""
+        return (type(self), (self.max_bytes,), {"pinned": self.pinned})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.pinned = bool(state["pinned"]) and _pinned_default()
+
     def get_many(self, keys: Sequence[Hashable]) -> list[Buffer | None]:
         """Cached bytes of each key (``None`` on a miss); one lock acquisition."""
         out: list[Buffer | None] = []

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuzarr.io.base import Buffer, ChunkFetcher, Range, SuffixRange
+from gpuzarr.io.base import Buffer, ChunkFetcher, Range, SuffixRange, normalize_request
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -101,6 +101,15 @@ class DiskCache:
             connection.executescript(_SCHEMA)
         if sweep_orphans_older_than_s is not None:
             self.sweep(sweep_orphans_older_than_s)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as the same directory and budget: the tier is shared between processes by design."""
+        return (type(self), (str(self.directory), self.max_bytes), {"fsync": self.fsync,
+                                                                   "busy_timeout_s": self.busy_timeout_s})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.fsync = state["fsync"]
+        self.busy_timeout_s = state["busy_timeout_s"]
 
     # -- sqlite ------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -341,8 +350,7 @@ class CachingFetcher(ChunkFetcher):
 
     def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
         """Cached bytes where present; the misses fetched in one batch and cached."""
-        keys = list(keys)
-        ranges = list(ranges) if ranges is not None else [None] * len(keys)
+        keys, ranges = normalize_request(keys, ranges)
         out: list[Buffer | None] = [None] * len(keys)
         todo = list(range(len(keys)))
         if self.memory is not None and todo:
