@@ -180,6 +180,10 @@ def _probe_kvikio() -> Component:
     version = avail.version or distribution_version("kvikio")
     if not avail:
         return Component("kvikio", False, version, avail.reason)
+    device = _optional.cupy_device()
+    if not device:  # kvikio imports without a driver, but its reads cannot run (see io/local.py)
+        return Component("kvikio", False, version,
+                         f"imports, but its reads need a CUDA device ({device.reason}); local files use os.pread")
     import kvikio.defaults
 
     mode = kvikio.defaults.get("compat_mode")
