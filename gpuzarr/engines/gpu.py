@@ -225,6 +225,25 @@ class GpuEngine:
                                     f"expected {nbytes}", array=array_name, key=k)
         return out, out_off
 
+    def _decode_plain_naming_culprit(self, algorithm: str, dev: Any, src_off: np.ndarray, src_size: np.ndarray,
+                                     nbytes: int, encoded: Sequence[Any], chain: DecodeChain, keys: Sequence[str],
+                                     array_name: str) -> tuple[Any, np.ndarray]:
+        """:meth:`_decode_plain`; when nvCOMP rejects the whole batch, the CPU finds and names the bad chunk."""
+        try:
+            return self._decode_plain(algorithm, dev, src_off, src_size, nbytes, keys, array_name)
+        except CorruptChunkError as exc:
+            if exc.__cause__ is None:  # a per-chunk size check already named its chunk
+                raise
+            for c in range(len(encoded)):  # error path only: the first chunk the CPU cannot decode is named
+                try:
+                    chain.decode(encoded[c], key=keys[c], array=array_name)
+                except CorruptChunkError:
+                    raise
+                except Exception as cpu_exc:  # e.g. zlib.error, which DecodeChain.decode does not map
+                    raise CorruptChunkError(f"{array_name}: chunk {keys[c]!r} cannot be decoded: {cpu_exc}",
+                                            array=array_name, key=keys[c]) from cpu_exc
+            raise
+
     def _check_zstd_frames(self, host: np.ndarray, base: np.ndarray, length: np.ndarray, nbytes: int,
                            keys: Sequence[str], array_name: str) -> None:
         for c in range(len(base)):  # header bytes only: a few byte reads per chunk
@@ -380,10 +399,12 @@ class GpuEngine:
             out, offsets = self._decode_blosc(chunks, nbytes, keys, array_name)
         elif isinstance(step, ZstdStep):
             self._check_zstd_frames(host, base, length, nbytes, keys, array_name)
-            out, offsets = self._decode_plain("Zstd", dev, base, length, nbytes, keys, array_name)
+            out, offsets = self._decode_plain_naming_culprit("Zstd", dev, base, length, nbytes, encoded, chain,
+                                                             keys, array_name)
         elif isinstance(step, GzipStep):
             off, size = self._gzip_spans(host, base, length, nbytes, keys, array_name)
-            out, offsets = self._decode_plain("Deflate", dev, off, size, nbytes, keys, array_name)
+            out, offsets = self._decode_plain_naming_culprit("Deflate", dev, off, size, nbytes, encoded, chain,
+                                                             keys, array_name)
         else:
             bad = np.flatnonzero(length != nbytes)
             if bad.size:

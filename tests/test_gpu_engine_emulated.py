@@ -1,0 +1,510 @@
+"""The GPU engine's host orchestration, run on the CPU with the device emulated (no GPU needed).
+
+With :mod:`gpu_emulation` installed, ``read_batch(..., device="cuda")`` runs the real
+:class:`gpuzarr.engines.gpu.GpuEngine` — arena layout, Blosc stream tables, nvCOMP
+batching, size checks, fallback, crc32c, gather arguments — against a NumPy-backed CuPy,
+a CPU-decoding nvCOMP and the NumPy kernel mirrors, and must equal zarr-python over the
+codec matrix. It proves the host logic, not the CUDA kernels or nvCOMP themselves
+(``tests/test_gpu_engine.py``, ``pytest -m gpu``, checks those on a GPU).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+import tempfile
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from gpu_emulation import FakeDeviceArray, GpuEmulation, gpu_emulation
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
+
+import gpuzarr
+from gpuzarr.codecs import blosc
+from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, GpuFallbackError
+from gpuzarr.transform import OutputTransform
+
+
+@pytest.fixture
+def emu() -> Iterator[GpuEmulation]:
+    """The GPU engine runs emulated for the test (see :mod:`gpu_emulation`)."""
+    with gpu_emulation() as emulation:
+        yield emulation
+
+
+NVCOMP_ALGORITHM = {"lz4": "LZ4", "lz4hc": "LZ4", "zstd": "Zstd", "zlib": "Deflate"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _make(tmp: Path, name: str, data: np.ndarray, chunks, fill_value=0, **kwargs) -> zarr.Array:
+    arr = zarr.create_array(str(tmp / name), shape=data.shape, chunks=chunks, dtype=data.dtype,
+                            fill_value=fill_value, **kwargs)
+    arr[...] = data
+    return arr
+
+
+def _regions(shape, size, n, rng):
+    starts = [rng.integers(0, s - k + 1, n) for s, k in zip(shape, size, strict=True)]
+    return [tuple(slice(int(st_[i]), int(st_[i]) + k) for st_, k in zip(starts, size, strict=True)) for i in range(n)]
+
+
+def _read_gpu(arr: zarr.Array, regions, **kwargs) -> np.ndarray:
+    got = gpuzarr.open_array(arr).read_batch(regions, device="cuda", **kwargs)
+    assert isinstance(got, FakeDeviceArray), type(got)
+    return got.get()
+
+
+def _check(arr: zarr.Array, regions, strict: bool = True) -> np.ndarray:
+    got = _read_gpu(arr, regions, strict=strict)
+    expected = np.stack([arr[r] for r in regions])
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    return got
+
+
+def _mixed_data(shape, dtype, rng) -> np.ndarray:
+    """Half compressible, half noise: Blosc blocks then hold compressed and raw streams."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        data = (rng.standard_normal(shape) * 50).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        data = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    data[: shape[0] // 2] = (np.arange(np.prod(shape[1:])).reshape(shape[1:]) % 7).astype(dtype)
+    return data
+
+
+def _chunk_file(arr: zarr.Array, tmp: Path, name: str, *coords: int) -> Path:
+    path = tmp / name / "c" / Path(*[str(c) for c in coords])
+    assert path.exists(), path
+    return path
+
+
+# ----------------------------------------------------------------------------- Blosc matrix
+
+
+def _auto_blocksize(cname: str, dtype: str) -> int:
+    """c-blosc's automatic block size at clevel 1 (numcodecs 0.17 ignores a forced ``blocksize``)."""
+    probe = np.zeros(1 << 20, dtype=np.uint8).view(dtype)
+    enc = numcodecs.Blosc(cname=cname, clevel=1, shuffle=numcodecs.Blosc.SHUFFLE).encode(probe)
+    return int.from_bytes(enc[8:12], "little")
+
+
+@pytest.mark.parametrize("cname", ["lz4", "lz4hc", "zstd", "zlib"])
+@pytest.mark.parametrize("shuffle", ["noshuffle", "shuffle", "bitshuffle"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32", "float64"])
+def test_blosc_matrix(emu: GpuEmulation, tmp_path: Path, cname: str, shuffle: str, dtype: str) -> None:
+    rng = np.random.default_rng(abs(hash((cname, shuffle, dtype))) % 2**32)
+    itemsize = np.dtype(dtype).itemsize
+    block = _auto_blocksize(cname, dtype)
+    rows = 3 * block // (2 * 64 * itemsize) + 1  # chunks of about 1.5 blocks: one full block + a leftover
+    data = _mixed_data((rows + 9, 100), dtype, rng)
+    arr = _make(tmp_path, "a", data, (rows, 64), compressors=[
+        BloscCodec(cname=cname, clevel=1, shuffle=shuffle, typesize=itemsize)])
+    batch = blosc.parse_blosc_batch([(tmp_path / "a" / "c" / "0" / "0").read_bytes()])
+    assert batch.n_blocks == 2 and batch.block_size[1] < batch.block_size[0]  # a leftover block
+    _check(arr, _regions(data.shape, (rows // 2, 40), 6, rng))
+    _check(arr, [(slice(0, rows + 9), slice(0, 100))])
+    algorithms = {c.algorithm for c in emu.decode_calls}
+    assert algorithms <= {NVCOMP_ALGORITHM[cname]}
+    assert algorithms, "the compressible half must reach nvCOMP"
+    assert "blosc_unshuffle_blocks" in emu.kernel_launches
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cname=st.sampled_from(["lz4", "lz4hc", "zstd", "zlib"]),
+       shuffle=st.sampled_from(["noshuffle", "shuffle", "bitshuffle"]),
+       dtype=st.sampled_from(["uint8", "int16", "uint32", "float32", "float64"]),
+       chunk=st.tuples(st.integers(3, 24), st.integers(5, 40)),
+       block_elems=st.sampled_from([0, 64, 128, 200, 512]),
+       region=st.tuples(st.integers(1, 30), st.integers(1, 45)),
+       n_regions=st.integers(1, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_blosc_random_geometry(emu: GpuEmulation, cname, shuffle, dtype, chunk, block_elems, region,
+                               n_regions, seed) -> None:
+    rng = np.random.default_rng(seed)
+    itemsize = np.dtype(dtype).itemsize
+    data = _mixed_data((30, 45), dtype, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        arr = _make(Path(tmp), "a", data, chunk, compressors=[
+            BloscCodec(cname=cname, shuffle=shuffle, typesize=itemsize, blocksize=block_elems * itemsize)])
+        _check(arr, _regions(data.shape, region, n_regions, rng))
+
+
+def test_blosc_memcpyed_raw_and_compressed_in_one_batch(emu: GpuEmulation, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    data = np.zeros((64, 64), dtype="float64")
+    data[:32] = rng.standard_normal((32, 64))  # noise: memcpyed chunks / raw streams
+    data[32:48] = np.arange(16 * 64).reshape(16, 64) % 5
+    arr = _make(tmp_path, "m", data, (16, 64), compressors=[
+        BloscCodec(cname="lz4", shuffle="noshuffle", typesize=8, blocksize=1024)])
+    _check(arr, [(slice(0, 64), slice(0, 64))])
+    _check(arr, [(slice(10, 50), slice(3, 60)), (slice(0, 40), slice(7, 64))])
+
+
+# ----------------------------------------------------------------------------- fallback
+
+
+def test_blosclz_falls_back_with_one_warning(emu: GpuEmulation, tmp_path: Path) -> None:
+    data = np.arange(50 * 50, dtype="int32").reshape(50, 50) % 17
+    arr = _make(tmp_path, "b", data, (20, 20), compressors=[BloscCodec(cname="blosclz", shuffle="shuffle")])
+    handle = gpuzarr.open_array(arr)
+    region = [(slice(0, 30), slice(0, 30)), (slice(20, 50), slice(5, 35))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            got = handle.read_batch(region, device="cuda")
+    assert sum(issubclass(w.category, CpuFallbackWarning) for w in caught) == 1
+    np.testing.assert_array_equal(got.get(), np.stack([data[r] for r in region]))
+    assert emu.decode_calls == []  # blosclz streams never reach nvCOMP
+    with pytest.raises(GpuFallbackError):
+        handle.read_batch(region, device="cuda", strict=True)
+
+
+def test_unsupported_chain_falls_back_whole_chunks(emu: GpuEmulation, tmp_path: Path) -> None:
+    data = np.arange(40 * 30, dtype="int32").reshape(40, 30)
+    arr = _make(tmp_path, "d", data, (16, 16), filters=[zarr.codecs.numcodecs.Delta(dtype="int32")],
+                compressors=[ZstdCodec()])
+    with pytest.warns(CpuFallbackWarning):
+        _check(arr, [(slice(3, 33), slice(2, 28))], strict=False)
+    with pytest.raises(GpuFallbackError):
+        _read_gpu(arr, [(slice(3, 33), slice(2, 28))], strict=True)
+
+
+# ----------------------------------------------------------------------------- plain codecs, crc32c
+
+
+@pytest.mark.parametrize("compressors", [[ZstdCodec(level=3)], [GzipCodec(level=5)], [ZstdCodec(), Crc32cCodec()],
+                                         [Crc32cCodec()], [BloscCodec(cname="zstd", shuffle="bitshuffle"),
+                                                           Crc32cCodec()],
+                                         [GzipCodec(), Crc32cCodec()], None],
+                         ids=["zstd", "gzip", "zstd+crc", "crc", "blosc+crc", "gzip+crc", "none"])
+def test_plain_codecs(emu: GpuEmulation, tmp_path: Path, compressors) -> None:
+    rng = np.random.default_rng(6)
+    data = rng.integers(0, 1000, (64, 50, 3)).astype("int32")
+    arr = _make(tmp_path, "a", data, (16, 16, 3), compressors=compressors)
+    _check(arr, _regions(data.shape, (20, 20, 3), 9, rng))
+
+
+def test_gzip_members_with_optional_header_fields(emu: GpuEmulation, tmp_path: Path) -> None:
+    data = np.arange(32 * 32, dtype="uint16").reshape(32, 32)
+    arr = _make(tmp_path, "g", data, (16, 16), compressors=[GzipCodec()])
+    for flags, (i, j) in zip((0x04 | 0x08 | 0x10 | 0x02, 0x08, 0x04, 0x10), [(0, 0), (0, 1), (1, 0), (1, 1)],
+                             strict=True):
+        raw = np.ascontiguousarray(data[16 * i:16 * i + 16, 16 * j:16 * j + 16]).astype("<u2").tobytes()
+        head = bytearray(b"\x1f\x8b\x08" + bytes([flags]) + bytes(6))
+        if flags & 0x04:
+            head += struct.pack("<H", 5) + b"extra"
+        if flags & 0x08:
+            head += b"name.bin\x00"
+        if flags & 0x10:
+            head += b"a comment\x00"
+        if flags & 0x02:
+            head += struct.pack("<H", zlib.crc32(head) & 0xFFFF)
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        member = bytes(head) + comp.compress(raw) + comp.flush() + struct.pack("<II", zlib.crc32(raw), len(raw))
+        assert gzip.decompress(member) == raw
+        _chunk_file(arr, tmp_path, "g", i, j).write_bytes(member)
+    _check(arr, [(slice(0, 32), slice(0, 32))])
+    _check(arr, [(slice(5, 25), slice(9, 30)), (slice(12, 32), slice(0, 21))])
+
+
+def test_corrupt_crc32c_is_named_before_nvcomp(emu: GpuEmulation, tmp_path: Path) -> None:
+    data = np.arange(40 * 40, dtype="float32").reshape(40, 40)
+    arr = _make(tmp_path, "k", data, (20, 20), compressors=[ZstdCodec(), Crc32cCodec()])
+    path = _chunk_file(arr, tmp_path, "k", 1, 0)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    emu.reset_logs()
+    with pytest.raises(CorruptChunkError, match="crc32c") as info:
+        _read_gpu(arr, [(slice(0, 40), slice(0, 40))])
+    assert "1/0" in info.value.key
+    assert emu.decode_calls == []
+
+
+@pytest.mark.parametrize("codec,truncate", [(ZstdCodec(level=3), True), (GzipCodec(), False)], ids=["zstd", "gzip"])
+def test_corrupt_plain_payload_names_the_chunk(emu: GpuEmulation, tmp_path: Path, codec, truncate) -> None:
+    data = np.arange(64 * 64, dtype="int32").reshape(64, 64) % 1000
+    arr = _make(tmp_path, "z", data, (32, 32), compressors=[codec])
+    path = _chunk_file(arr, tmp_path, "z", 1, 1)  # the last chunk of the batch, not the first
+    raw = bytearray(path.read_bytes())
+    if truncate:
+        del raw[len(raw) // 2:]  # the frame header still declares the full size
+    else:
+        raw[12:len(raw) - 8] = bytes(len(raw) - 20)  # garbage deflate payload, framing intact
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunkError) as info:
+        _read_gpu(arr, [(slice(0, 64), slice(0, 64))])
+    assert info.value.key.endswith("1/1"), info.value.key
+
+
+# ----------------------------------------------------------------------------- corrupt Blosc
+
+
+def test_corrupt_blosc_header_never_reaches_nvcomp(emu: GpuEmulation, tmp_path: Path) -> None:
+    data = np.arange(40 * 40, dtype="float32").reshape(40, 40)
+    arr = _make(tmp_path, "c", data, (20, 20), compressors=[BloscCodec(cname="lz4")])
+    path = _chunk_file(arr, tmp_path, "c", 1, 0)
+    raw = bytearray(path.read_bytes())
+    raw[16:20] = (10**9).to_bytes(4, "little")  # first block start far outside the chunk
+    path.write_bytes(bytes(raw))
+    emu.reset_logs()
+    with pytest.raises(CorruptChunkError) as info:
+        _read_gpu(arr, [(slice(0, 40), slice(0, 40))])
+    assert "1/0" in info.value.key
+    assert emu.decode_calls == []
+
+
+def test_corrupt_blosc_stream_is_named(emu: GpuEmulation, tmp_path: Path) -> None:
+    data = (np.arange(40 * 40, dtype="int32").reshape(40, 40) % 9).astype("int32")
+    arr = _make(tmp_path, "s", data, (20, 20), compressors=[BloscCodec(cname="lz4", shuffle="noshuffle",
+                                                                       blocksize=0)])
+    path = _chunk_file(arr, tmp_path, "s", 1, 1)
+    raw = bytearray(path.read_bytes())
+    bstart = int.from_bytes(raw[16:20], "little")
+    csize = int.from_bytes(raw[bstart:bstart + 4], "little")
+    assert 0 < csize < 400  # a compressed (not raw) first stream
+    raw[bstart + 4:bstart + 4 + csize] = b"\xff" * csize  # header and sizes intact, LZ4 payload garbage
+    path.write_bytes(bytes(raw))
+    emu.reset_logs()
+    with pytest.raises(CorruptChunkError) as info:
+        _read_gpu(arr, [(slice(0, 40), slice(0, 40))])
+    assert info.value.key.endswith("1/1"), info.value.key
+    assert emu.decode_calls  # this one passes the host checks and fails in nvCOMP
+
+
+# ----------------------------------------------------------------------------- layout: bytes, transpose, shards
+
+
+@pytest.mark.parametrize("endian", ["big", "little"])
+@pytest.mark.parametrize("order", [(1, 0, 2), (2, 1, 0), (1, 2, 0), (2, 0, 1)])
+@pytest.mark.parametrize("compressed", [True, False])
+def test_bytes_endianness_and_transpose(emu: GpuEmulation, tmp_path: Path, endian, order, compressed) -> None:
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal((30, 20, 4)).astype("float32")
+    arr = _make(tmp_path, "a", data, (8, 8, 4), filters=[TransposeCodec(order=order)],
+                serializer=BytesCodec(endian=endian),
+                compressors=[BloscCodec(cname="lz4", shuffle="shuffle")] if compressed else None)
+    _check(arr, _regions(data.shape, (10, 9, 4), 7, rng))
+    _check(arr, [(3, slice(1, 9), slice(None)), (29, slice(0, 8), slice(None))])  # integer axis
+    _check(arr, [(slice(2, 12), 5, 1), (slice(20, 30), 19, 3)])  # two integer axes
+
+
+def test_big_endian_int16_zstd(emu: GpuEmulation, tmp_path: Path) -> None:
+    data = np.arange(-600, 600, dtype="int16").reshape(40, 30)
+    arr = _make(tmp_path, "e", data, (16, 16), serializer=BytesCodec(endian="big"), compressors=[ZstdCodec()])
+    _check(arr, [(slice(0, 40), slice(0, 30))])
+    _check(arr, [(slice(3, 33), slice(1, 29)), (slice(10, 40), slice(2, 30))])
+
+
+@pytest.mark.parametrize("fill", [np.nan, -2.5])
+def test_sharding_with_missing_inner_chunks(emu: GpuEmulation, tmp_path: Path, fill) -> None:
+    rng = np.random.default_rng(9)
+    arr = zarr.create_array(str(tmp_path / "sh"), shape=(80, 60), chunks=(10, 15), shards=(40, 30),
+                            dtype="float32", fill_value=fill,
+                            compressors=[BloscCodec(cname="zstd", shuffle="shuffle")])
+    arr[0:40, 0:30] = rng.standard_normal((40, 30)).astype("float32")  # one full shard
+    arr[45:55, 30:45] = 1.5  # one inner chunk of another shard; the rest stays missing
+    _check(arr, _regions(arr.shape, (30, 25), 8, rng))
+    got = _check(arr, [(slice(0, 80), slice(0, 60))])
+    assert np.isnan(got).any() == np.isnan(fill)
+
+
+@pytest.mark.parametrize("dtype,fill", [("int16", -3), ("float64", np.nan), ("uint8", 7), ("float32", np.inf)])
+def test_missing_chunks_read_fill(emu: GpuEmulation, tmp_path: Path, dtype, fill) -> None:
+    arr = zarr.create_array(str(tmp_path / "f"), shape=(40, 40), chunks=(10, 10), dtype=dtype, fill_value=fill,
+                            compressors=[BloscCodec(cname="lz4")])
+    arr[:10, :10] = 5
+    _check(arr, [(slice(0, 20), slice(0, 20)), (slice(15, 35), slice(5, 25))])
+    _check(arr, [(slice(20, 40), slice(20, 40))])  # no chunk of the batch exists
+
+
+# ----------------------------------------------------------------------------- output transform and out=
+
+
+TRANSFORMS = [
+    OutputTransform(dtype=np.float16),
+    OutputTransform(dtype=np.float64, mean=3.0, std=2.0),
+    OutputTransform(mean=[120.0, 115.0, 100.0], std=[60.0, 61.0, 62.0], channel_axis=-1, layout="CHW"),
+    OutputTransform(dtype=np.float16, mean=[1.0, 2.0, 3.0], std=[3.0, 4.0, 5.0], channel_axis=-1),
+    OutputTransform(channel_axis=-1, layout="CHW"),  # layout only: the copy kernel with permuted strides
+]
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=["f16", "scalar-norm", "chw-norm", "f16-norm", "chw-only"])
+@pytest.mark.parametrize("squeeze", [False, True])
+def test_output_transform_matches_cpu_engine(emu: GpuEmulation, tmp_path: Path, transform,
+                                             squeeze: bool) -> None:
+    rng = np.random.default_rng(8)
+    data = rng.integers(0, 256, (60, 50, 3)).astype("uint8")
+    arr = _make(tmp_path, "img", data, (32, 32, 3), compressors=[BloscCodec(cname="zstd", shuffle="bitshuffle")])
+    if squeeze:
+        regions = [(int(i), slice(int(j), int(j) + 20), slice(None)) for i, j in rng.integers(0, 30, (5, 2))]
+    else:
+        regions = _regions(data.shape, (25, 20, 3), 5, rng)
+    handle = gpuzarr.open_array(arr)
+    got = handle.read_batch(regions, device="cuda", transform=transform, strict=True).get()
+    expected = handle.read_batch(regions, device="cpu", transform=transform)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_layout_hwc_moves_a_leading_channel_axis(emu: GpuEmulation, tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    data = rng.standard_normal((3, 40, 30)).astype("float32")
+    arr = _make(tmp_path, "chw", data, (3, 16, 16), compressors=[BloscCodec(cname="lz4", shuffle="shuffle")])
+    t = OutputTransform(mean=[0.1, 0.2, 0.3], std=[1.0, 2.0, 4.0], channel_axis=0, layout="HWC")
+    regions = _regions(data.shape, (3, 20, 17), 4, rng)
+    handle = gpuzarr.open_array(arr)
+    got = handle.read_batch(regions, device="cuda", transform=t).get()
+    np.testing.assert_array_equal(got, handle.read_batch(regions, device="cpu", transform=t))
+    assert got.shape == (4, 20, 17, 3)
+
+
+def test_out_buffer_is_filled_in_place(emu: GpuEmulation, tmp_path: Path) -> None:
+    cp = sys.modules["cupy"]
+    data = np.arange(30 * 30, dtype="float32").reshape(30, 30)
+    arr = _make(tmp_path, "o", data, (8, 8), compressors=[BloscCodec(cname="zlib", shuffle="shuffle")])
+    regions = [(slice(1, 11), slice(2, 12)), (slice(19, 29), slice(0, 10))]
+    out = cp.empty((2, 10, 10), dtype=cp.float32)
+    got = gpuzarr.open_array(arr).read_batch(regions, device="cuda", out=out)
+    assert got is out
+    np.testing.assert_array_equal(out.get(), np.stack([data[r] for r in regions]))
+
+
+def test_concurrent_batches_from_threads(emu: GpuEmulation, tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    data = rng.integers(0, 1000, (96, 96)).astype("int32")
+    arr = _make(tmp_path, "t", data, (32, 32), compressors=[BloscCodec(cname="zstd", shuffle="shuffle")])
+    handle = gpuzarr.open_array(arr)
+    batches = [_regions(data.shape, (40, 40), 4, np.random.default_rng(s)) for s in range(6)]
+    results: dict[int, np.ndarray] = {}
+
+    def read(i: int) -> None:
+        results[i] = handle.read_batch(batches[i], device="cuda").get()
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, rs in enumerate(batches):
+        np.testing.assert_array_equal(results[i], np.stack([data[r] for r in rs]))
+
+
+# ----------------------------------------------------------------------------- nvCOMP call layer
+
+
+@pytest.mark.parametrize("algorithm", ["Zstd", "Deflate", "LZ4"])
+def test_nvcomp_decode_repacks_unaligned_inputs_and_reports_sizes(emu: GpuEmulation, algorithm) -> None:
+    import lz4.block
+    import numcodecs
+
+    from gpuzarr.engines.gpu import GpuEngine
+
+    cp = sys.modules["cupy"]
+    rng = np.random.default_rng(11)
+    raws = [rng.integers(0, 4, n, dtype=np.uint8).tobytes() for n in (1, 7000, 70_000)]
+    if algorithm == "Zstd":
+        encs = [numcodecs.Zstd(level=3).encode(r) for r in raws]
+    elif algorithm == "LZ4":
+        encs = [lz4.block.compress(r, store_size=False) for r in raws]
+    else:
+        encs = []
+        for r in raws:
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+            encs.append(comp.compress(r) + comp.flush())
+    src_off = np.array([3, 3 + len(encs[0]) + 5, 3 + len(encs[0]) + 5 + len(encs[1]) + 1])  # deliberately odd
+    host = np.zeros(int(src_off[-1]) + len(encs[-1]), np.uint8)
+    for e, o in zip(encs, src_off, strict=True):
+        host[o:o + len(e)] = np.frombuffer(e, np.uint8)
+    dst_size = np.array([len(r) for r in raws], dtype=np.int64) + np.array([0, 0, 64])
+    dst_off = np.concatenate([[0], np.cumsum((dst_size + 15) // 16 * 16)[:-1]]).astype(np.int64)
+    out = cp.zeros(int(dst_off[-1] + dst_size[-1]), dtype=cp.uint8)
+    sizes = GpuEngine()._nvcomp_decode(algorithm, cp.asarray(host), src_off, np.array([len(e) for e in encs]),
+                                       out, dst_off, dst_size)
+    assert sizes.tolist() == [len(r) for r in raws]
+    assert "copy_segments" in emu.kernel_launches  # unaligned inputs were repacked first
+    got = out.get()
+    for r, o in zip(raws, dst_off, strict=True):
+        assert got[o:o + len(r)].tobytes() == r
+
+
+# ----------------------------------------------------------------------------- the emulation itself
+
+
+def test_emulation_is_strict_where_the_real_stack_is() -> None:
+    with gpu_emulation():
+        import cupy as cp
+        from nvidia import nvcomp
+
+        dev = cp.zeros(64, dtype=cp.uint8)
+        with pytest.raises(TypeError, match="Implicit conversion"):
+            np.asarray(dev)
+        with pytest.raises(TypeError):
+            dev + np.zeros(64, np.uint8)
+        with pytest.raises(TypeError):
+            dev[:8].set(np.zeros(8, np.int32))
+        with pytest.raises(ValueError, match="Shape mismatch"):
+            dev[:8].set(np.zeros(9, np.uint8))
+        assert (cp.empty(4, dtype=cp.uint8).get() == 0xA5).all()
+        with pytest.raises(ValueError, match="uint8"):
+            nvcomp.as_arrays(cp.zeros(8, dtype=cp.int32), [0], [4])
+        with pytest.raises(TypeError, match="device memory"):
+            nvcomp.as_arrays(np.zeros(8, np.uint8), [0], [4])
+        with pytest.raises(ValueError, match="outside"):
+            nvcomp.as_arrays(dev, [60], [8])
+        codec = nvcomp.Codec(algorithm="Zstd", bitstream_kind=nvcomp.BitstreamKind.RAW, device_id=0, cuda_stream=0)
+        import numcodecs
+
+        frame = np.frombuffer(numcodecs.Zstd().encode(bytes(100)), np.uint8)
+        buf = cp.zeros(512, dtype=cp.uint8)
+        buf[4:4 + frame.size] = frame
+        with pytest.raises(ValueError, match="aligned"):
+            codec.decode(nvcomp.as_arrays(buf, [4], [frame.size]), out=nvcomp.as_arrays(buf, [256], [100]))
+        buf[8:8 + frame.size] = frame
+        with pytest.raises(ValueError, match="too small"):
+            codec.decode(nvcomp.as_arrays(buf, [8], [frame.size]), out=nvcomp.as_arrays(buf, [256], [99]))
+        with pytest.raises(ValueError, match="overlap"):
+            codec.decode(nvcomp.as_arrays(buf, [8], [frame.size]), out=nvcomp.as_arrays(buf, [0], [100]))
+        with pytest.raises(RuntimeError):
+            codec.decode(nvcomp.as_arrays(buf, [8], [frame.size - 3]), out=nvcomp.as_arrays(buf, [256], [100]))
+        result = codec.decode(nvcomp.as_arrays(buf, [8], [frame.size]), out=nvcomp.as_arrays(buf, [256], [160]))
+        assert result.buffer_sizes == [100]
+        from gpuzarr.engines import gpu_kernels as K
+
+        with pytest.raises(TypeError, match="host array"):
+            K._function("gather.cu", "copy_segments")((1,), (256,), (dev, np.zeros(1, np.int64), dev,
+                                                                     cp.zeros(1, dtype=cp.int64),
+                                                                     cp.zeros(1, dtype=cp.int64),
+                                                                     cp.zeros(2, dtype=cp.int64),
+                                                                     np.int64(1), np.int64(16384)))
+
+
+def test_emulation_leaves_nothing_behind() -> None:
+    from gpuzarr import _optional, device
+
+    before_cupy = sys.modules.get("cupy")
+    before = _optional.gpu_engine()
+    with gpu_emulation():
+        assert _optional.gpu_engine()
+        assert device.resolve_device("auto") == "cuda"
+    assert sys.modules.get("cupy") is before_cupy
+    assert bool(_optional.gpu_engine()) == bool(before)
+    import nvidia
+
+    assert not isinstance(getattr(nvidia, "nvcomp", None), type(sys)) or getattr(
+        nvidia.nvcomp, "__version__", "") != "emulated"
