@@ -410,3 +410,17 @@ def test_every_error_is_a_gpuzarr_error() -> None:
     for cls in (ArrayNotFoundError, NotAZarrArrayError, RegionError, CorruptChunkError, UnsupportedCodecError,
                 DeviceUnavailableError):
         assert issubclass(cls, GpuzarrError)
+
+
+def test_corrupt_deflate_payload_in_gzip_chunk_is_corrupt_chunk_error(tmp_path: Path) -> None:
+    """zlib.error (not a ValueError/OSError) from a damaged deflate stream is still a CorruptChunkError."""
+    arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=(2000,), chunks=(1000,), dtype="int32",
+                            compressors=zarr.codecs.GzipCodec())
+    arr[:] = np.arange(2000, dtype="int32")
+    chunk = tmp_path / "g.zarr" / "c" / "1"
+    data = bytearray(chunk.read_bytes())
+    data[10] = 0xFF  # first byte of the deflate stream: an invalid block type
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(gpuzarr.CorruptChunkError) as info:
+        gpuzarr.open_array(str(tmp_path / "g.zarr")).read_batch([(slice(500, 1500),)], device="cpu")
+    assert info.value.key.endswith("c/1") and "c/1" in str(info.value)

@@ -15,6 +15,7 @@ chunks by byte range, so a :class:`DecodeChain` always decodes one inner chunk.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,7 +215,7 @@ class DecodeChain:
             return arr
         except CorruptChunkError:
             raise
-        except (ValueError, RuntimeError, OSError, EOFError) as exc:
+        except (ValueError, RuntimeError, OSError, EOFError, zlib.error) as exc:
             raise CorruptChunkError(
                 f"{array}: chunk {key!r} cannot be decoded ({', '.join(self.codec_names)}): {exc}",
                 array=array,
