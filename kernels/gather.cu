@@ -107,6 +107,15 @@ __device__ __forceinline__ void gz_locate(long long e, int ndim, const long long
     *channel = c;
 }
 
+// Elements [lo, hi) of a piece (of extent s_extent) that tile `tile` of that piece covers.
+__device__ __forceinline__ void gz_tile_elements(const long long* s_extent, int ndim, long long tile,
+                                                 long long tile_elems, long long* lo, long long* hi) {
+    long long count = 1;
+    for (int d = 0; d < ndim; ++d) count *= s_extent[d];
+    *lo = tile * tile_elems;
+    *hi = *lo + tile_elems < count ? *lo + tile_elems : count;
+}
+
 template <int ITEMSIZE>
 __device__ __forceinline__ void gather_copy_impl(
     const unsigned char* __restrict__ chunks, const long long* __restrict__ chunk_offset,
@@ -122,11 +131,8 @@ __device__ __forceinline__ void gather_copy_impl(
     gz_piece_setup(chunk_offset, piece_chunk, piece_region, piece_src_start, piece_dst_start, piece_extent,
                    piece_tile_start, n_pieces, ndim, src_strides, out_strides, sample_size, -1,
                    &s_piece, s_extent, s_src_stride, s_out_stride, &s_geo);
-    long long count = 1;
-    for (int d = 0; d < ndim; ++d) count *= s_extent[d];
-    const long long lo = ((long long)blockIdx.x - piece_tile_start[s_piece]) * tile_elems;
-    long long hi = lo + tile_elems;
-    if (hi > count) hi = count;
+    long long lo, hi;
+    gz_tile_elements(s_extent, ndim, (long long)blockIdx.x - piece_tile_start[s_piece], tile_elems, &lo, &hi);
     const bool missing = s_geo.chunk_byte < 0;
     for (long long e = lo + threadIdx.x; e < hi; e += blockDim.x) {
         long long src_el, dst_el, channel;
@@ -263,11 +269,8 @@ extern "C" __global__ void gather_pieces_convert(
     gz_piece_setup(chunk_offset, piece_chunk, piece_region, piece_src_start, piece_dst_start, piece_extent,
                    piece_tile_start, n_pieces, ndim, src_strides, out_strides, sample_size, channel_axis,
                    &s_piece, s_extent, s_src_stride, s_out_stride, &s_geo);
-    long long count = 1;
-    for (int d = 0; d < ndim; ++d) count *= s_extent[d];
-    const long long lo = ((long long)blockIdx.x - piece_tile_start[s_piece]) * tile_elems;
-    long long hi = lo + tile_elems;
-    if (hi > count) hi = count;
+    long long lo, hi;
+    gz_tile_elements(s_extent, ndim, (long long)blockIdx.x - piece_tile_start[s_piece], tile_elems, &lo, &hi);
     const bool missing = s_geo.chunk_byte < 0;
     for (long long e = lo + threadIdx.x; e < hi; e += blockDim.x) {
         long long src_el, dst_el, channel;
