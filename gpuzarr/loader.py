@@ -177,12 +177,14 @@ class Loader:
         prefetch_chunks: int = 0,
         prefetch_workers: int = 8,
         prefetch_max_bytes: int = 256 << 20,
+        even_ranks: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         if prefetch_chunks and getattr(getattr(array, "reader", None), "cache", None) is None:
             raise ValueError("prefetch_chunks needs an array opened with a cache, e.g. "
                              "gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
+        self.even_ranks = even_ranks
         self.prefetch_chunks = prefetch_chunks
         self.prefetch_workers = prefetch_workers
         self.prefetch_max_bytes = prefetch_max_bytes
@@ -199,10 +201,22 @@ class Loader:
         self.world_size = ctx.world_size if world_size is None else world_size
         self._epoch = 0
         self._batch = 0
+        self._finished = False
 
     # ------------------------------------------------------------ schedule
     def epoch_regions(self, epoch: int) -> list[tuple]:
-        return self.sampler.regions(self.array.shape, epoch, self.rank, self.world_size)
+        """This rank's regions of ``epoch``.
+
+        With ``even_ranks`` (the default) and several ranks, a rank whose share is one
+        region short repeats its first region, so every rank runs the same number of
+        batches: an uneven count would leave the other ranks waiting forever in the
+        collective of the step the short rank never takes (as torch's DistributedSampler pads).
+        """
+        regions = self.sampler.regions(self.array.shape, epoch, self.rank, self.world_size)
+        if self.even_ranks and self.world_size > 1 and self.rank > 0 and regions:
+            longest = len(self.sampler.regions(self.array.shape, epoch, 0, self.world_size))
+            regions = regions + regions[: longest - len(regions)]
+        return regions
 
     def _batches(self, regions: list[tuple]) -> list[list[tuple]]:
         batches = [regions[i : i + self.batch_size] for i in range(0, len(regions), self.batch_size)]
@@ -218,7 +232,9 @@ class Loader:
         return {"epoch": self._epoch, "batch": self._batch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at ``state``; a state at the very end resumes with nothing left to read."""
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+        self._finished = False
 
     def _schedule(self) -> Iterator[tuple[int, int, list[tuple]]]:
         """(epoch, batch index, regions) of every batch from the resume point on, in order."""
@@ -284,6 +300,8 @@ class Loader:
                 chunk_prefetch[0].close()
 
     def __iter__(self) -> Iterator[Any]:
+        if self._finished:  # a loader that ran to the end starts over, like iterating a DataLoader again
+            self._epoch, self._batch, self._finished = 0, 0, False
         if self.prefetch_batches == 0:
             reads = self._reads()
             try:
@@ -292,7 +310,7 @@ class Loader:
                     yield batch
             finally:
                 reads.close()
-            self._epoch, self._batch = self.epochs, 0
+            self._epoch, self._batch, self._finished = self.epochs, 0, True
             return
         yield from self._iter_prefetched()
 
@@ -325,7 +343,7 @@ class Loader:
             while True:
                 kind, payload = results.get()
                 if kind == "done":
-                    self._epoch, self._batch = self.epochs, 0
+                    self._epoch, self._batch, self._finished = self.epochs, 0, True
                     return
                 if kind == "error":
                     raise payload

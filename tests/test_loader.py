@@ -230,7 +230,7 @@ def test_loader_ranks_are_disjoint_and_cover_each_epoch(prefetch: int) -> None:
     shares: list[list[tuple[int, ...]]] = []
     for rank in range(3):
         loader = gpuzarr.Loader(FakeArray(shape), sampler, batch_size=4, epochs=2, prefetch_batches=prefetch,
-                                rank=rank, world_size=3)
+                                rank=rank, world_size=3, even_ranks=False)
         loader.load_state_dict({"epoch": 1, "batch": 0})  # epoch 1 only
         shares.append([tuple(s) for batch in loader for s in batch.tolist()])
     # every GridPatches region is identified by its start corner
@@ -362,3 +362,28 @@ def test_keyboard_interrupt_style_errors_also_surface() -> None:
                             batch_size=1, prefetch_batches=2)
     with pytest.raises(Interrupted):
         list(loader)
+
+
+@pytest.mark.parametrize("n", [10, 11, 12, 100])
+def test_even_ranks_get_the_same_number_of_batches(n: int) -> None:
+    """Uneven shares (e.g. 10 regions on 3 ranks) are padded so DDP ranks step together."""
+    shape = (64, 64)
+    sampler = gpuzarr.RandomCrops((8, 8), seed=4, samples_per_epoch=n)
+    loaders = [gpuzarr.Loader(FakeArray(shape), sampler, batch_size=3, epochs=2, prefetch_batches=0,
+                              rank=rank, world_size=3) for rank in range(3)]
+    lengths = {len(loader) for loader in loaders}
+    assert len(lengths) == 1
+    counts = [sum(len(batch) for batch in loader) for loader in loaders]
+    assert len(set(counts)) == 1 and counts[0] == 2 * -(-n // 3)
+    exact = [set(map(region_key, sampler.regions(shape, 0, rank, 3))) for rank in range(3)]
+    padded = [set(map(region_key, loader.epoch_regions(0))) for loader in loaders]
+    assert padded == exact  # padding repeats a rank's own regions, never another rank's
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_iterating_a_finished_loader_again_starts_over(prefetch: int) -> None:
+    sampler = gpuzarr.RandomCrops((8, 8), seed=2, samples_per_epoch=12)
+    loader = gpuzarr.Loader(FakeArray((32, 32)), sampler, batch_size=5, epochs=2, prefetch_batches=prefetch)
+    first = [batch.tolist() for batch in loader]
+    second = [batch.tolist() for batch in loader]
+    assert len(first) == 6 and first == second
