@@ -812,7 +812,12 @@ def _clear_caches() -> None:
 
 def install(monkeypatch: pytest.MonkeyPatch) -> GpuEmulation:
     """Install the emulation with ``monkeypatch`` (undone by it); see :func:`gpu_emulation` for teardown."""
-    import nvidia
+    try:
+        import nvidia
+    except ImportError:  # a CPU-only install has no nvidia.* packages at all
+        nvidia = types.ModuleType("nvidia")
+        nvidia.__path__ = []  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "nvidia", nvidia)
 
     from gpuzarr import _optional, device
     from gpuzarr.engines import gpu_kernels
