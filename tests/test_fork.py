@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-
 from s3_server import S3Server, s3_server  # noqa: F401 - fixture
 
 import gpuzarr

@@ -38,7 +38,7 @@ CRC32C_SEGMENT = 4096
 _lock = threading.Lock()
 
 
-_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.MULTILINE)
 
 
 def _raw_kernel_source(name: str) -> str:
