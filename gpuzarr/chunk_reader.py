@@ -228,7 +228,7 @@ class ChunkReader:
         g_keys = [self._store_key(uniq[s]) for s in shard_of[g_first].tolist()]
         blobs = self._fetch_shard_ranges(g_keys, [ByteRange(int(a), int(b - a))
                                                   for a, b in zip(g_start, g_end, strict=True)])
-        for i, key, blob in zip(range(len(g_keys)), g_keys, blobs, strict=True):
+        for key, blob in zip(g_keys, blobs, strict=True):
             if blob is None:
                 raise CorruptChunkError(
                     f"{self.array_name}: shard {key!r} disappeared between reading its index and its chunks",
@@ -237,8 +237,7 @@ class ChunkReader:
                 )
         views = [memoryview(b) for b in blobs]  # type: ignore[arg-type]
         rel = starts - g_start[group_id]
-        for j, (pos, g, r, ln) in enumerate(zip(idx.tolist(), group_id.tolist(), rel.tolist(), lens.tolist(), strict=True)):
-            del j
+        for pos, g, r, ln in zip(idx.tolist(), group_id.tolist(), rel.tolist(), lens.tolist(), strict=True):
             out[pos] = views[g][r : r + ln]
         return out
 

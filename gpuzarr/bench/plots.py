@@ -29,6 +29,14 @@ def _ok_readers(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(name, e) for name, e in result["readers"].items() if e["status"] == "ok"]
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_throughput(result: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     readers = _ok_readers(result)
@@ -46,10 +54,7 @@ def plot_throughput(result: dict[str, Any], path: Path) -> Path:
     cfg = result["config"]
     ax.set_title(f"{result['preset']}: batch {cfg['batch_size']} × {cfg['crop'][0]}×{cfg['crop'][1]} crops")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_latency(result: dict[str, Any], path: Path) -> Path:
@@ -65,10 +70,7 @@ def plot_latency(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("batch latency (ms)")
     ax.set_title(f"{result['preset']}: latency per batch")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_utilisation(result: dict[str, Any], path: Path) -> Path:
@@ -93,10 +95,7 @@ def plot_utilisation(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 105)
     ax.set_title("GPU utilisation (NVML) over the run" if use_gpu
                  else "CPU utilisation of the process over the run (no GPU monitoring)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_plots(result: dict[str, Any], out_dir: str | Path, prefix: str = "") -> dict[str, str]:
