@@ -28,7 +28,7 @@ class Availability:
 def _import(name: str) -> tuple[ModuleType | None, str]:
     try:
         return importlib.import_module(name), ""
-    except Exception as exc:  # ImportError, or a broken CUDA library raising OSError
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken CUDA library raising OSError
         return None, f"cannot import {name}: {exc.__class__.__name__}: {exc}"
 
 
@@ -40,7 +40,7 @@ def cupy_device() -> Availability:
         return Availability(False, why + " (pip install 'gpuzarr[gpu]')")
     try:
         n = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any CUDA runtime failure means "no device"
         return Availability(False, f"CuPy {cp.__version__} sees no CUDA device: {exc}", cp.__version__)
     if n < 1:
         return Availability(False, "CuPy sees no CUDA device", cp.__version__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -157,7 +157,7 @@ class ArrayHandle:
     def close(self) -> None:
         self.fetcher.close()
 
-    def __enter__(self) -> ArrayHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -159,6 +159,12 @@ class Loader:
     yields stacked arrays (NumPy or CuPy per ``device``). Deterministic for a given
     sampler seed, epoch and rank; :meth:`state_dict` / :meth:`load_state_dict` resume
     at the next unread batch.
+
+    ``prefetch_chunks=N`` (needs an array opened with a cache) fetches the encoded chunks
+    of the next ``N`` batches in the background, at most ``prefetch_max_bytes`` in flight,
+    on ``prefetch_workers`` threads (default ``N``: one per batch ahead, so all ``N``
+    batches are in flight at once; with fewer, a remote store's latency is hidden only
+    ``prefetch_workers`` batches deep).
     """
 
     def __init__(
@@ -175,7 +181,7 @@ class Loader:
         rank: int | None = None,
         world_size: int | None = None,
         prefetch_chunks: int = 0,
-        prefetch_workers: int = 8,
+        prefetch_workers: int | None = None,
         prefetch_max_bytes: int = 256 << 20,
         even_ranks: bool = True,
     ) -> None:
@@ -186,7 +192,7 @@ class Loader:
                              "gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
         self.even_ranks = even_ranks
         self.prefetch_chunks = prefetch_chunks
-        self.prefetch_workers = prefetch_workers
+        self.prefetch_workers = prefetch_workers or max(1, prefetch_chunks)
         self.prefetch_max_bytes = prefetch_max_bytes
         self.array = array
         self.sampler = sampler

@@ -51,14 +51,20 @@ def proxied(server: S3Server, proxy: FaultProxy) -> dict[str, Any]:
     return {"endpoint_url": proxy.endpoint_url, "key": server.key, "secret": server.secret}
 
 
+@pytest.fixture(params=["obstore", "s3fs"])
+def client(request: pytest.FixtureRequest) -> str:
+    """The S3 client gpuzarr reads with (``s3_client=``): both must keep every guarantee."""
+    return request.param
+
+
 @pytest.fixture
 def faulty_handle(array_url: tuple[str, np.ndarray], s3_server: S3Server,  # noqa: F811
-                  fault_proxy: FaultProxy) -> Iterator[Any]:  # noqa: F811
+                  fault_proxy: FaultProxy, client: str) -> Iterator[Any]:  # noqa: F811
     url, _ = array_url
-    handle = gpuzarr.open_array(url, **proxied(s3_server, fault_proxy))  # metadata read without faults
+    handle = gpuzarr.open_array(url, s3_client=client, request_timeout=0.5,  # metadata is read without faults
+                                **proxied(s3_server, fault_proxy))
     assert isinstance(handle.fetcher, RemoteFetcher)
     handle.fetcher.retry = FAST_RETRY
-    handle.fetcher.request_timeout = 0.5
     yield handle
     handle.close()
 
@@ -79,7 +85,7 @@ def test_array_reads_are_exact_through_faults(faulty_handle: Any, array_url: tup
 
 @pytest.mark.parametrize("fault", ["truncate", "reset", "error_503"])
 def test_fetcher_never_returns_wrong_bytes(blobs: str, s3_server: S3Server, fault_proxy: FaultProxy,  # noqa: F811
-                                           fault: str) -> None:
+                                           fault: str, client: str) -> None:
     fault_proxy.configure(FaultConfig(**{fault: 0.4}, seed=11))
     rng = np.random.default_rng(3)
     keys = [f"{i}" for i in range(40)]
@@ -94,8 +100,8 @@ def test_fetcher_never_returns_wrong_bytes(blobs: str, s3_server: S3Server, faul
             ranges.append(ByteRange(start, int(rng.integers(1, size - start))))
         else:
             ranges.append(SuffixRange(int(rng.integers(1, size))))
-    with RemoteFetcher(f"s3://{blobs}/blobs", proxied(s3_server, fault_proxy), retry=FAST_RETRY,
-                       request_timeout=2.0) as fetcher:
+    with RemoteFetcher(f"s3://{blobs}/blobs", {**proxied(s3_server, fault_proxy), "s3_client": client},
+                       retry=FAST_RETRY, request_timeout=2.0) as fetcher:
         got = fetcher.fetch(keys, ranges)
     for i, (data, byte_range) in enumerate(zip(got, ranges, strict=True)):
         whole = blob(i)

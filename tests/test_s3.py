@@ -1,4 +1,7 @@
-"""gpuzarr over S3 (moto): batches equal zarr-python's, sharded arrays, anonymous and bad credentials."""
+"""gpuzarr over S3 (moto): batches equal zarr-python's, sharded arrays, anonymous and bad credentials.
+
+Every test that reads through gpuzarr runs once per S3 client (obstore and s3fs).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,12 @@ from gpuzarr.io.select import make_fetcher
 
 def direct_options(server: S3Server) -> dict[str, Any]:
     return {"endpoint_url": server.endpoint_url, "key": server.key, "secret": server.secret}
+
+
+@pytest.fixture(params=["obstore", "s3fs"])
+def client(request: pytest.FixtureRequest) -> str:
+    """The S3 client gpuzarr reads with (``s3_client=``)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +56,16 @@ def random_regions(shape: tuple[int, ...], extent: tuple[int, ...], n: int, seed
 
 
 @pytest.fixture
-def raw_handle(dataset: dict[str, Any], s3_server: S3Server) -> Iterator[Any]:  # noqa: F811
-    handle = gpuzarr.open_array(f"{dataset['url']}/raw", **direct_options(s3_server))
+def raw_handle(dataset: dict[str, Any], s3_server: S3Server, client: str) -> Iterator[Any]:  # noqa: F811
+    handle = gpuzarr.open_array(f"{dataset['url']}/raw", s3_client=client, **direct_options(s3_server))
     yield handle
     handle.close()
 
 
-def test_open_uses_the_remote_fetcher(raw_handle: Any) -> None:
+def test_open_uses_the_remote_fetcher(raw_handle: Any, client: str) -> None:
     assert isinstance(raw_handle.fetcher, RemoteFetcher)
     assert raw_handle.fetcher.store_id.startswith("s3://")
+    assert raw_handle.fetcher.s3_client == client and f"client={client}" in repr(raw_handle.fetcher)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -68,38 +78,39 @@ def test_batches_equal_zarr_python(raw_handle: Any, dataset: dict[str, Any], see
         np.testing.assert_array_equal(out, expected)
 
 
-def test_sharded_array_over_s3(dataset: dict[str, Any], s3_server: S3Server) -> None:  # noqa: F811
+def test_sharded_array_over_s3(dataset: dict[str, Any], s3_server: S3Server, client: str) -> None:  # noqa: F811
     sharded = dataset["sharded"]
-    with gpuzarr.open_array(dataset["url"], path="sharded", **direct_options(s3_server)) as handle:
+    with gpuzarr.open_array(dataset["url"], path="sharded", s3_client=client, **direct_options(s3_server)) as handle:
         assert handle.shards == (32, 16)
         regions = random_regions(sharded.shape, (9, 7), 10, 3) + [(slice(50, 59), slice(33, 40))]
         out = handle.read_batch(regions, device="cpu")
         np.testing.assert_array_equal(out, np.stack([sharded[r] for r in regions]))
 
 
-def test_anonymous_public_bucket(s3_server: S3Server) -> None:  # noqa: F811
+def test_anonymous_public_bucket(s3_server: S3Server, client: str) -> None:  # noqa: F811
     bucket = s3_server.create_bucket(public_read=True)
     url = f"s3://{bucket}/pub.zarr"
     data = np.arange(200, dtype="uint16").reshape(10, 20)
     array = zarr.create_array(url, shape=data.shape, chunks=(4, 8), dtype="uint16",
                               storage_options=direct_options(s3_server))
     array[:] = data
-    with gpuzarr.open_array(url, anon=True, endpoint_url=s3_server.endpoint_url) as handle:
-        assert handle.fetcher._options.get("anon") is True
+    with gpuzarr.open_array(url, anon=True, endpoint_url=s3_server.endpoint_url, s3_client=client) as handle:
+        assert handle.fetcher._options.get("anon") is True and handle.fetcher.s3_client == client
         out = handle.read_batch([(slice(1, 5), slice(3, 17)), (slice(6, 10), slice(0, 14))], device="cpu")
     np.testing.assert_array_equal(out[0], data[1:5, 3:17])
     np.testing.assert_array_equal(out[1], data[6:10, 0:14])
 
 
-def test_fetcher_ranges_and_missing_keys(dataset: dict[str, Any], s3_server: S3Server) -> None:  # noqa: F811
-    client = s3_server.client()
-    client.put_object(Bucket=dataset["bucket"], Key="blobs/a", Body=bytes(range(100)))
-    with make_fetcher(f"s3://{dataset['bucket']}/blobs", direct_options(s3_server)) as fetcher:
-        got = fetcher.fetch(["a", "a", "a", "nope"], [None, ByteRange(10, 5), SuffixRange(3), None])
-        assert got == [bytes(range(100)), bytes(range(10, 15)), bytes([97, 98, 99]), None]
-        with pytest.raises(FetchError, match="past the end") as info:
-            fetcher.fetch(["a"], [ByteRange(90, 20)])
-        assert info.value.key == "a"
+def test_fetcher_ranges_and_missing_keys(dataset: dict[str, Any], s3_server: S3Server,  # noqa: F811
+                                         client: str) -> None:
+    s3_server.client().put_object(Bucket=dataset["bucket"], Key="blobs/a", Body=bytes(range(100)))
+    with make_fetcher(f"s3://{dataset['bucket']}/blobs", {**direct_options(s3_server), "s3_client": client}) as fetcher:
+        got = fetcher.fetch(["a", "a", "a", "nope", "a"], [None, ByteRange(10, 5), SuffixRange(3), None, ByteRange(7, 0)])
+        assert got == [bytes(range(100)), bytes(range(10, 15)), bytes([97, 98, 99]), None, b""]
+        for past_end in (ByteRange(90, 20), ByteRange(100, 1), ByteRange(500, 3), SuffixRange(101)):
+            with pytest.raises(FetchError, match="past the end") as info:
+                fetcher.fetch(["a"], [past_end])
+            assert info.value.key == "a"
 
 
 @pytest.fixture
@@ -117,8 +128,9 @@ def moto_auth_enforced(s3_server: S3Server) -> Iterator[None]:  # noqa: F811
 
 
 def test_wrong_credentials_give_a_clear_error(dataset: dict[str, Any], s3_server: S3Server,  # noqa: F811
-                                              moto_auth_enforced: None) -> None:
-    options = {"endpoint_url": s3_server.endpoint_url, "key": "AKIAWRONGWRONGWRONG0", "secret": "nope"}
+                                              moto_auth_enforced: None, client: str) -> None:
+    options = {"endpoint_url": s3_server.endpoint_url, "key": "AKIAWRONGWRONGWRONG0", "secret": "nope",
+               "s3_client": client}
     with RemoteFetcher(dataset["url"], options) as fetcher, pytest.raises(FetchError) as info:
         fetcher.fetch(["raw/zarr.json"])
     message = str(info.value)
@@ -129,8 +141,36 @@ def test_wrong_credentials_give_a_clear_error(dataset: dict[str, Any], s3_server
         gpuzarr.open_array(f"{dataset['url']}/raw", **options)
 
 
-def test_anonymous_read_of_private_bucket_is_refused(dataset: dict[str, Any], s3_server: S3Server) -> None:  # noqa: F811
-    options = {"endpoint_url": s3_server.endpoint_url, "anon": True}
+def test_anonymous_read_of_private_bucket_is_refused(dataset: dict[str, Any], s3_server: S3Server,  # noqa: F811
+                                                      client: str) -> None:
+    options = {"endpoint_url": s3_server.endpoint_url, "anon": True, "s3_client": client}
     with RemoteFetcher(dataset["url"], options) as fetcher, pytest.raises(FetchError, match="refused") as info:
         fetcher.fetch(["raw/zarr.json"])
     assert info.value.key == "raw/zarr.json" and dataset["bucket"] in str(info.value)
+
+
+def test_missing_bucket_is_an_error_not_a_missing_chunk(s3_server: S3Server, client: str) -> None:  # noqa: F811
+    options = {**direct_options(s3_server), "s3_client": client}
+    with RemoteFetcher("s3://gz-no-such-bucket-here/data.zarr", options) as fetcher, pytest.raises(FetchError) as info:
+        fetcher.fetch(["c/0/0"])
+    assert "gz-no-such-bucket-here" in str(info.value) and info.value.key == "c/0/0"
+
+
+def test_client_choice(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """auto → obstore only where every option means the same to it; s3fs otherwise; bad names are refused."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    url = "s3://bucket/data.zarr"
+    assert RemoteFetcher(url, direct_options(s3_server)).s3_client == "obstore"
+    assert RemoteFetcher(url, {"anon": True}).s3_client == "obstore"
+    assert RemoteFetcher(url, {**direct_options(s3_server), "client_kwargs": {"region_name": "eu-west-1"}}
+                         ).s3_client == "obstore"
+    assert RemoteFetcher(url, {"profile": "research"}).s3_client == "s3fs"  # AWS config files: botocore's
+    assert RemoteFetcher(url, {}).s3_client == "s3fs"  # credentials from ~/.aws or instance metadata
+    assert RemoteFetcher(url, {**direct_options(s3_server), "config_kwargs": {"signature_version": "s3v4"}}
+                         ).s3_client == "s3fs"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
+    assert RemoteFetcher(url, {}).s3_client == "obstore"
+    with pytest.raises(ValueError, match="need s3fs"):
+        RemoteFetcher(url, {"profile": "research", "s3_client": "obstore"})
+    with pytest.raises(ValueError, match="s3_client must be one of"):
+        RemoteFetcher(url, {"s3_client": "boto"})

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class ChunkFetcher(abc.ABC):
     def close(self) -> None:
         """Release threads, handles and connections."""
 
-    def __enter__(self) -> ChunkFetcher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
