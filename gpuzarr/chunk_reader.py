@@ -15,13 +15,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
 from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
 from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, DeferredRead, SuffixRange
+
+if TYPE_CHECKING:
+    from gpuzarr.io.local import DeviceBatch
 
 _MAX_UINT64 = np.uint64(2**64 - 1)
 
@@ -96,16 +99,24 @@ class ChunkReader:
         store_id = self.fetcher.store_id
         return self.cache.contains_many([(store_id, self.array_path, k) for k in self.chunk_keys(coords)])
 
-    def read(self, coords: np.ndarray, *, deferred: bool = False) -> list[Buffer | DeferredRead | None]:
+    def read(self, coords: np.ndarray, *, deferred: bool = False,
+             to_device: bool = False) -> list[Buffer | DeferredRead | None] | DeviceBatch:
         """Encoded bytes of each chunk at ``coords`` (U, ndim); ``None`` = never written.
 
         With ``deferred=True`` (the CPU engine) a plain chunk of a fetcher that reads into
         buffers comes back as a :class:`DeferredRead` for the decoding thread to load.
+        With ``to_device=True`` (the GPU engine, for chains it takes that way) and a fetcher
+        that reads into GPU memory (kvikio), the whole batch comes back as one
+        :class:`~gpuzarr.io.local.DeviceBatch`, never touching host memory. Both only for
+        unsharded arrays without a cache (a cache holds host bytes to reuse).
         """
         if len(coords) == 0:
             return []
-        if deferred and self.cache is None and self.shard is None and self.fetcher.reads_into_buffers:
-            return [DeferredRead(self.fetcher, self._store_key(c)) for c in coords.tolist()]
+        if self.cache is None and self.shard is None:
+            if to_device and self.fetcher.reads_to_device:
+                return self.fetcher.fetch_device([self._store_key(c) for c in coords.tolist()])
+            if deferred and self.fetcher.reads_into_buffers:
+                return [DeferredRead(self.fetcher, self._store_key(c)) for c in coords.tolist()]
         cache_keys = None
         missing_idx = np.arange(len(coords))
         out: list[Buffer | None] = [None] * len(coords)

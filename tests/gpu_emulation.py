@@ -40,6 +40,13 @@ real behaviour is known; stricter where it is not, and said so):
   batch from the launcher's own tables (the layout is read back from ``out_strides`` and
   checked against :func:`kernel_mirrors.gather_layout`).
 
+* **kvikio** (only with ``install(..., kvikio=True)`` / :func:`gpu_emulation(kvikio=True)`):
+  ``CuFile(path, "r").pread(buffer, size, file_offset)`` reads the file with ``os.pread``
+  into a fake device array or a (pinned) host array, which must be 1-D contiguous
+  ``uint8`` and large enough, and returns a future whose ``get()`` is the byte count.
+  Each read is logged in :attr:`GpuEmulation.kvikio_reads` as ``"device"`` or ``"host"``.
+  ``is_remote_file_available()`` is False, so remote fetchers stay on host reads.
+
 What it does not prove: that the CUDA kernels equal their mirrors (``pytest -m gpu``
 checks that), that nvCOMP decodes, aligns, sizes and reports errors as assumed here,
 or anything about streams and asynchrony (every emulated operation is synchronous).
@@ -781,6 +788,55 @@ def _make_launch_gather(emu: GpuEmulation, original: Callable[..., None]) -> Cal
     return launch_gather
 
 
+# ============================================================================ kvikio
+
+
+class _DoneFuture:
+    def __init__(self, nbytes: int) -> None:
+        self._nbytes = nbytes
+
+    def get(self) -> int:
+        return self._nbytes
+
+    def done(self) -> bool:
+        return True
+
+
+def make_fake_kvikio(emu: GpuEmulation) -> types.ModuleType:
+    """A ``kvikio`` whose ``CuFile`` reads local files into fake device (or host) memory."""
+    import os
+
+    class CuFile:
+        def __init__(self, file: Any, flags: str = "r") -> None:
+            if flags != "r":
+                raise ValueError(f"GPU emulation: CuFile opened with {flags!r}, only 'r' is emulated")
+            self._fd = os.open(os.fspath(file), os.O_RDONLY)
+
+        def pread(self, buf: Any, size: int | None = None, file_offset: int = 0, task_size: int | None = None) -> Any:
+            on_device = isinstance(buf, FakeDeviceArray)
+            target = buf._a if on_device else np.asarray(buf)
+            if target.dtype != np.uint8 or target.ndim != 1 or not target.flags.c_contiguous:
+                raise ValueError(f"GPU emulation: pread into a {target.dtype} {target.shape} buffer (need 1-D uint8)")
+            size = target.nbytes if size is None else int(size)
+            if size > target.nbytes:
+                raise ValueError(f"GPU emulation: pread of {size} bytes into a {target.nbytes}-byte buffer")
+            data = os.pread(self._fd, size, int(file_offset))
+            target[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+            emu.kvikio_reads.append("device" if on_device else "host")
+            return _DoneFuture(len(data))
+
+        def close(self) -> None:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    kvikio = types.ModuleType("kvikio")
+    kvikio.CuFile = CuFile  # type: ignore[attr-defined]
+    kvikio.is_remote_file_available = lambda: False  # type: ignore[attr-defined]
+    kvikio.__version__ = "0+emulated"  # type: ignore[attr-defined]
+    return kvikio
+
+
 # ============================================================================ installation
 
 
@@ -790,12 +846,14 @@ class GpuEmulation:
 
     decode_calls: list[DecodeCall] = field(default_factory=list)
     kernel_launches: list[str] = field(default_factory=list)
+    kvikio_reads: list[str] = field(default_factory=list)
     engines: list[Any] = field(default_factory=list)
     _gather_launched: threading.local = field(default_factory=threading.local)
 
     def reset_logs(self) -> None:
         self.decode_calls.clear()
         self.kernel_launches.clear()
+        self.kvikio_reads.clear()
 
 
 def _clear_caches() -> None:
@@ -810,8 +868,12 @@ def _clear_caches() -> None:
     gpu_kernels._module.cache_clear()
 
 
-def install(monkeypatch: pytest.MonkeyPatch) -> GpuEmulation:
-    """Install the emulation with ``monkeypatch`` (undone by it); see :func:`gpu_emulation` for teardown."""
+def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmulation:
+    """Install the emulation with ``monkeypatch`` (undone by it); see :func:`gpu_emulation` for teardown.
+
+    ``kvikio=True`` also emulates kvikio, so local fetchers read with ``CuFile`` into
+    pinned host or device memory; otherwise they stay on POSIX reads.
+    """
     try:
         import nvidia
     except ImportError:  # a CPU-only install has no nvidia.* packages at all
@@ -832,10 +894,14 @@ def install(monkeypatch: pytest.MonkeyPatch) -> GpuEmulation:
     monkeypatch.setitem(sys.modules, "cupyx", cupyx)
     monkeypatch.setitem(sys.modules, "nvidia.nvcomp", nv)
     monkeypatch.setattr(nvidia, "nvcomp", nv, raising=False)  # `from nvidia import nvcomp` reads the attribute
-    # kvikio reads of local files need a real CUDA driver: keep the fetchers on POSIX
-    monkeypatch.setattr(_optional, "kvikio",
-                        lambda: _optional.Availability(False, "disabled under the GPU emulation"))
-    monkeypatch.setattr(local, "cuda_io_usable", lambda: False)
+    if kvikio:
+        monkeypatch.setitem(sys.modules, "kvikio", make_fake_kvikio(emu))
+        monkeypatch.setattr(_optional, "kvikio", lambda: _optional.Availability(True, "", "0+emulated"))
+        monkeypatch.setattr(local, "cuda_io_usable", lambda: True)
+    else:  # real kvikio reads need a CUDA driver: keep the fetchers on POSIX
+        monkeypatch.setattr(_optional, "kvikio",
+                            lambda: _optional.Availability(False, "disabled under the GPU emulation"))
+        monkeypatch.setattr(local, "cuda_io_usable", lambda: False)
     monkeypatch.setattr(gpu_kernels, "_function", lambda file, function: FakeKernel(emu, function))
     monkeypatch.setattr(gpu_kernels, "launch_gather", _make_launch_gather(emu, gpu_kernels.launch_gather))
 
@@ -852,12 +918,12 @@ def install(monkeypatch: pytest.MonkeyPatch) -> GpuEmulation:
 
 
 @contextlib.contextmanager
-def gpu_emulation() -> Iterator[GpuEmulation]:
+def gpu_emulation(*, kvikio: bool = False) -> Iterator[GpuEmulation]:
     """Context manager: the GPU engine runs emulated inside; everything is restored afterwards."""
     mp = pytest.MonkeyPatch()
     emu = None
     try:
-        emu = install(mp)
+        emu = install(mp, kvikio=kvikio)
         yield emu
     finally:
         if emu is not None:

@@ -327,3 +327,24 @@ def test_concurrent_batches_from_threads(tmp_path: Path) -> None:
         results = list(pool.map(read, regions))
     for rs, got in zip(regions, results, strict=True):
         np.testing.assert_array_equal(got, np.stack([data[r] for r in rs]))
+
+
+@pytest.mark.parametrize("compressors", [[ZstdCodec(level=3)], [GzipCodec(level=5)], [ZstdCodec(), Crc32cCodec()], None])
+def test_kvikio_reads_straight_into_device_memory(tmp_path: Path, compressors) -> None:
+    """Local chunks read by kvikio into one device buffer (GDS or compat mode) decode like zarr's."""
+    from gpuzarr.io.local import DeviceBatch
+
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 1000, (70, 45)).astype("uint16")
+    data[16:32] = 0  # chunks equal to the fill value: missing
+    arr = _make(tmp_path, "a", data, (16, 15), compressors=compressors)
+    with gpuzarr.open_array(str(tmp_path / "a")) as handle:
+        if not handle.fetcher.reads_to_device:
+            pytest.skip(f"kvikio cannot read into device memory here ({handle.fetcher!r})")
+        regions = _regions(data.shape, (20, 20), 6, rng) + [(slice(10, 30), slice(5, 25))]
+        plan = handle.plan(regions)
+        batch = handle.reader.read(plan.chunk_coords, to_device=True)
+        assert isinstance(batch, DeviceBatch) and isinstance(batch.data, cp.ndarray)
+        assert not batch.present.all() and (batch.offsets % 16 == 0).all()
+        got = handle.read_plan(plan, device="cuda")
+    np.testing.assert_array_equal(got.get(), np.stack([arr[r] for r in regions]))

@@ -165,13 +165,12 @@ def concatenate_aligned(chunks: Sequence[Any], align: int = 16) -> tuple[np.ndar
 
     Returns ``(blob, base, length)``. One ``bytes.join`` call: no per-chunk copies in Python.
     """
+    from gpuzarr.io.base import aligned_slots
+
     views = [_as_bytes_view(c) for c in chunks]
     length = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
-    padded = (length + (align - 1)) // align * align
-    base = np.zeros(len(views), dtype=np.int64)
-    if len(views) > 1:
-        np.cumsum(padded[:-1], out=base[1:])
-    pads = padded - length
+    base, end = aligned_slots(length, align=align)
+    pads = np.diff(np.append(base, end)) - length
     zero = bytes(align)
     parts: list[Any] = []
     for v, p in zip(views, pads.tolist(), strict=True):

@@ -9,6 +9,8 @@ Which one runs is decided in exactly one place, :func:`gpuzarr.device.resolve_en
 Engine interface (duck-typed)::
 
     engine.name: str                         # "cpu" or "cuda"
+    engine.loads_deferred_reads: bool        # chunks may be DeferredRead (loaded by the decoding thread)
+    engine.takes_device_batches(chain) -> bool   # encoded may be one DeviceBatch already in GPU memory
     engine.decode_and_assemble(
         plan, encoded, chain, fill_value, *, keys, array_name, transform=None,
     ) -> numpy.ndarray | cupy.ndarray        # shape plan.out_shape (or as transformed)

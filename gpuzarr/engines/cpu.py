@@ -41,6 +41,10 @@ class CpuEngine:
     #: chunks may arrive as :class:`~gpuzarr.io.base.DeferredRead`, loaded by the decoding thread
     loads_deferred_reads = True
 
+    def takes_device_batches(self, chain: Any) -> bool:
+        """Never: the CPU engine decodes host bytes (see ``GpuEngine.takes_device_batches``)."""
+        return False
+
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or default_workers()
         self._pool: ThreadPoolExecutor | None = None

@@ -39,10 +39,12 @@ from gpuzarr.codecs import blosc
 from gpuzarr.codecs.chain import BloscStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
 from gpuzarr.engines import gpu_kernels as K
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
+from gpuzarr.io.base import BATCH_ALIGN, aligned_slots
+from gpuzarr.io.local import DeviceBatch
 from gpuzarr.kernel_mirrors import chunk_strides, gather_layout
 from gpuzarr.planning import BatchPlan
 
-ALIGN = 16
+ALIGN = BATCH_ALIGN
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _NVCOMP_ALGORITHM = {blosc.FORMAT_LZ4: "LZ4", blosc.FORMAT_ZSTD: "Zstd", blosc.FORMAT_ZLIB: "Deflate"}
 
@@ -51,14 +53,48 @@ def _align_up(x: np.ndarray | int, a: int = ALIGN) -> Any:
     return (x + (a - 1)) // a * a
 
 
-def _slots(sizes: np.ndarray, start: int = 0, align: int = ALIGN) -> tuple[np.ndarray, int]:
-    """Offsets (multiples of ``align``) for consecutive buffers of ``sizes`` from ``start``; returns (offsets, end)."""
-    start = int(_align_up(start, align))
-    padded = _align_up(np.asarray(sizes, dtype=np.int64), align)
-    offsets = np.full(len(padded), start, dtype=np.int64)
-    if len(padded) > 1:
-        offsets[1:] += np.cumsum(padded[:-1])
-    return offsets, int(start + padded.sum())
+_slots = aligned_slots
+
+
+#: bytes of each chunk's start and end the host reads of a batch that is already on the device:
+#: a Zstd frame header is at most 18 bytes, a gzip header 10; the end holds the crc32c value and
+#: gzip's ISIZE (4 bytes each)
+_HEAD_BYTES, _TAIL_BYTES = 32, 8
+
+
+def _host_framing(dev: Any, base: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """A host image of ``dev`` in which only each chunk's first and last bytes were copied (one transfer).
+
+    The host checks of zstd/gzip framing and crc32c values read nothing else, so the
+    rest stays unwritten (``np.empty``: pages never touched are never faulted in).
+    """
+    import cupy as cp
+
+    host = np.empty(max(int(dev.size), 1), dtype=np.uint8)
+    head = np.minimum(length, _HEAD_BYTES)
+    tail = np.minimum(length, _TAIL_BYTES)
+    starts = np.concatenate([base, base + length - tail])
+    counts = np.concatenate([head, tail])
+    total = int(counts.sum())
+    if total:
+        run_start = np.cumsum(counts) - counts
+        idx = np.repeat(starts - run_start, counts) + np.arange(total, dtype=np.int64)
+        host[idx] = dev[cp.asarray(idx)].get()
+    return host
+
+
+class _DeviceChunks:
+    """``Sequence`` of the chunks of a device batch as host arrays, copied on access (error paths only)."""
+
+    def __init__(self, dev: Any, base: np.ndarray, length: np.ndarray) -> None:
+        self._dev, self._base, self._length = dev, base, length
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def __getitem__(self, c: int) -> np.ndarray:
+        start = int(self._base[c])
+        return self._dev[start : start + int(self._length[c])].get()
 
 
 class _GpuPlan:
@@ -96,6 +132,8 @@ class GpuEngine:
     """Executes a :class:`BatchPlan` on the current CUDA device (see module docstring)."""
 
     name = "cuda"
+    #: chunks arrive as host bytes or as one DeviceBatch (see takes_device_batches), never DeferredRead
+    loads_deferred_reads = False
 
     def __init__(self, *, strict: bool = False) -> None:
         available = _optional.gpu_engine()
@@ -106,6 +144,16 @@ class GpuEngine:
         self._codecs: dict[tuple[str, int, int], Any] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+
+    def takes_device_batches(self, chain: DecodeChain) -> bool:
+        """Whether chunks of ``chain`` may arrive as one :class:`DeviceBatch` read straight into GPU memory.
+
+        Yes when the whole chain runs on the GPU and the host needs only each chunk's first
+        and last bytes (zstd / gzip framing, crc32c values, lengths); not for Blosc, whose
+        block tables the host parses from every chunk before anything is decoded.
+        """
+        gplan = _GpuPlan(chain)
+        return gplan.on_gpu and not isinstance(gplan.compressor, BloscStep)
 
     # ------------------------------------------------------------------ fallback policy
 
@@ -372,30 +420,41 @@ class GpuEngine:
 
     # ------------------------------------------------------------------ entry point
 
-    def decode_chunks(self, encoded: Sequence[Any], chain: DecodeChain, *, keys: Sequence[str],
+    def decode_chunks(self, encoded: Sequence[Any] | DeviceBatch, chain: DecodeChain, *, keys: Sequence[str],
                       array_name: str) -> tuple[Any, np.ndarray, np.ndarray, bool]:
         """Decode every chunk of ``encoded`` into one device buffer.
 
+        ``encoded`` is host bytes per chunk, or a :class:`DeviceBatch` already in device
+        memory (every entry present; only for chains :meth:`takes_device_batches` accepts).
         Returns ``(buffer, offsets, src_strides, swap_bytes)``: chunk ``k`` starts at byte
         ``offsets[k]``; its elements sit at ``src_strides`` (per array axis) in stored byte
         order (``swap_bytes`` says whether that is the opposite of the machine's).
         """
         gplan = _GpuPlan(chain)
+        on_device = isinstance(encoded, DeviceBatch)
+        if on_device and not self.takes_device_batches(chain):
+            raise ValueError(f"{array_name}: a device batch for a chain that needs host bytes ({chain})")
         if not gplan.on_gpu:
             self._fallback(array_name, gplan.reason)
             dev, offsets = self._decode_on_cpu(encoded, chain, keys, array_name)
             return dev, offsets, chunk_strides(chain.chunk_shape), False
         nbytes = int(np.prod(chain.stored_shape, dtype=np.int64)) * chain.dtype.itemsize
-        chunks: Sequence[Any] = encoded
         dev = host = base = length = None
-        if gplan.crc32c or not isinstance(gplan.compressor, BloscStep):
+        if on_device:
+            dev, base, length = encoded.data, np.asarray(encoded.offsets, np.int64), np.asarray(encoded.lengths, np.int64)
+            host = _host_framing(dev, base, length)
+            encoded = _DeviceChunks(dev, base, length)
+            if isinstance(gplan.compressor, GzipStep):  # optional gzip header fields (never written by zarr): whole chunk
+                for c in np.flatnonzero((length >= 18) & (host[np.minimum(base + 3, host.size - 1)] != 0)).tolist():
+                    host[base[c] : base[c] + length[c]] = encoded[c]
+        elif gplan.crc32c or not isinstance(gplan.compressor, BloscStep):
             dev, base, length, host = self._upload(encoded)
         if gplan.crc32c:
-            body = self._verify_crc32c(dev, host, base, length, keys, array_name)
-            length = body
-            chunks = [memoryview(c).cast("B")[: int(n)] for c, n in zip(encoded, body.tolist(), strict=True)]
+            length = self._verify_crc32c(dev, host, base, length, keys, array_name)
         step = gplan.compressor
         if isinstance(step, BloscStep):
+            chunks = encoded if length is None else [
+                memoryview(c).cast("B")[: int(n)] for c, n in zip(encoded, length.tolist(), strict=True)]
             out, offsets = self._decode_blosc(chunks, nbytes, keys, array_name)
         elif isinstance(step, ZstdStep):
             self._check_zstd_frames(host, base, length, nbytes, keys, array_name)
@@ -429,13 +488,20 @@ class GpuEngine:
         """Decode every distinct chunk once and build the stacked batch on the GPU (a CuPy array)."""
         import cupy as cp
 
-        present = np.fromiter((e is not None for e in encoded), dtype=bool, count=plan.n_chunks)
-        idx = np.flatnonzero(present)
+        if isinstance(encoded, DeviceBatch):  # read straight into device memory (see takes_device_batches)
+            present = np.asarray(encoded.present, dtype=bool)
+            idx = np.flatnonzero(present)
+            chunks: Sequence[Any] | DeviceBatch = DeviceBatch(encoded.data, encoded.offsets[idx], encoded.lengths[idx],
+                                                              present[idx])
+        else:
+            present = np.fromiter((e is not None for e in encoded), dtype=bool, count=plan.n_chunks)
+            idx = np.flatnonzero(present)
+            chunks = [encoded[i] for i in idx.tolist()]
         chunk_offset = np.full(plan.n_chunks, -1, dtype=np.int64)
         present_keys = [keys[i] for i in idx.tolist()]
         if idx.size:
-            buf, offsets, src_strides, swap = self.decode_chunks([encoded[i] for i in idx.tolist()], chain,
-                                                                 keys=present_keys, array_name=array_name)
+            buf, offsets, src_strides, swap = self.decode_chunks(chunks, chain, keys=present_keys,
+                                                                 array_name=array_name)
             chunk_offset[idx] = offsets
         else:
             buf, src_strides, swap = cp.zeros(1, dtype=cp.uint8), chunk_strides(chain.chunk_shape), False

@@ -88,6 +88,15 @@ class ChunkFetcher(abc.ABC):
     #: whether :meth:`read_into` reads without an intermediate copy (see :class:`DeferredRead`)
     reads_into_buffers: bool = False
 
+    @property
+    def reads_to_device(self) -> bool:
+        """Whether ``fetch_device(keys, ranges) -> DeviceBatch`` reads straight into GPU memory (kvikio).
+
+        The chunk reader hands such a batch to the GPU engine for codecs that need no
+        host-side parsing (see ``GpuEngine.takes_device_batches``); False by default.
+        """
+        return False
+
     def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
         """Read a whole object into ``buffer_for(size)``; returns the filled view, ``None`` if missing.
 
@@ -110,3 +119,17 @@ class ChunkFetcher(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: alignment of every entry in a batch buffer: nvCOMP wants 8-byte aligned Zstd/Deflate inputs; 16 is safe for all
+BATCH_ALIGN = 16
+
+
+def aligned_slots(sizes: np.ndarray | Sequence[int], start: int = 0, align: int = BATCH_ALIGN) -> tuple[np.ndarray, int]:
+    """Offsets (multiples of ``align``) for buffers of ``sizes`` packed from ``start``; returns ``(offsets, end)``."""
+    start = -(-int(start) // align) * align
+    padded = -(-np.asarray(sizes, dtype=np.int64) // align) * align
+    offsets = np.full(len(padded), start, dtype=np.int64)
+    if len(padded) > 1:
+        offsets[1:] += np.cumsum(padded[:-1])
+    return offsets, int(start + padded.sum())

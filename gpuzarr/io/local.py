@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.errors import FetchError, RangeNotSatisfiableError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
+from gpuzarr.io.base import (
+    Buffer,
+    ByteRange,
+    ChunkFetcher,
+    Range,
+    SuffixRange,
+    aligned_slots,
+    normalize_request,
+)
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
 
@@ -300,10 +308,8 @@ class LocalFileFetcher(ChunkFetcher):
 
         keys, ranges = normalize_request(keys, ranges)
         paths, file_offsets, lengths, present = self._plan_extents(keys, ranges)
-        buffer_offsets = np.zeros(len(keys), dtype=np.int64)
-        if len(keys) > 1:
-            np.cumsum(lengths[:-1], out=buffer_offsets[1:])
-        device = cupy.empty(max(int(lengths.sum()), 1), dtype=cupy.uint8)
+        buffer_offsets, total = aligned_slots(lengths)  # nvCOMP reads entries in place: aligned
+        device = cupy.empty(max(total, 1), dtype=cupy.uint8)
         # CuPy's pool may hand back memory that kernels still queued on the current stream
         # read; kvikio writes from its own threads/streams (or GDS DMA), outside that order
         cupy.cuda.get_current_stream().synchronize()
@@ -317,6 +323,11 @@ class LocalFileFetcher(ChunkFetcher):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def reads_to_device(self) -> bool:
+        """kvikio ``CuFile`` reads straight into device memory (GDS, or its compat mode)."""
+        return self.use_kvikio
 
     def __repr__(self) -> str:
         mode = "kvikio" if self.use_kvikio else "posix"

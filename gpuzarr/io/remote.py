@@ -48,7 +48,15 @@ from urllib.parse import urlparse
 import numpy as np
 
 from gpuzarr.errors import DeviceUnavailableError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
+from gpuzarr.io.base import (
+    Buffer,
+    ByteRange,
+    ChunkFetcher,
+    Range,
+    SuffixRange,
+    aligned_slots,
+    normalize_request,
+)
 from gpuzarr.io.local import DeviceBatch, cuda_io_usable, range_past_end_error, resolve_extent
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
@@ -519,10 +527,8 @@ class RemoteFetcher(ChunkFetcher):
             host = self.fetch(keys, ranges)
             lengths = np.array([0 if h is None else len(h) for h in host], dtype=np.int64)
             present = np.array([h is not None for h in host], dtype=bool)
-            offsets = np.zeros(len(keys), dtype=np.int64)
-            if len(keys) > 1:
-                np.cumsum(lengths[:-1], out=offsets[1:])
-            staging = np.empty(max(int(lengths.sum()), 1), dtype=np.uint8)
+            offsets, total = aligned_slots(lengths)
+            staging = np.empty(max(total, 1), dtype=np.uint8)
             for h, o, n in zip(host, offsets, lengths, strict=True):
                 if h is not None and n:
                     staging[o : o + n] = np.frombuffer(h, dtype=np.uint8)
@@ -567,10 +573,8 @@ class RemoteFetcher(ChunkFetcher):
             opened = list(pool.map(open_and_size, keys, ranges))
             present = np.array([o is not None for o in opened], dtype=bool)
             lengths = np.array([0 if o is None else o[2] for o in opened], dtype=np.int64)
-            offsets = np.zeros(len(keys), dtype=np.int64)
-            if len(keys) > 1:
-                np.cumsum(lengths[:-1], out=offsets[1:])
-            device = cupy.empty(max(int(lengths.sum()), 1), dtype=cupy.uint8)
+            offsets, total = aligned_slots(lengths)  # nvCOMP reads entries in place: aligned
+            device = cupy.empty(max(total, 1), dtype=cupy.uint8)
             # pooled memory may still be read by kernels queued on the current stream;
             # kvikio's RemoteFile writes from its own threads, outside that stream order
             cupy.cuda.get_current_stream().synchronize()
@@ -593,6 +597,11 @@ class RemoteFetcher(ChunkFetcher):
                     if o is not None:
                         o[0].close()
         return DeviceBatch(device, offsets, lengths, present)
+
+    @property
+    def reads_to_device(self) -> bool:
+        """kvikio ``RemoteFile`` range reads straight into device memory."""
+        return self.use_kvikio
 
     def close(self) -> None:
         """Close the HTTP session / S3 client (idempotent)."""
