@@ -31,15 +31,7 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.errors import FetchError, RangeNotSatisfiableError
-from gpuzarr.io.base import (
-    Buffer,
-    ByteRange,
-    ChunkFetcher,
-    Range,
-    SuffixRange,
-    aligned_slots,
-    normalize_request,
-)
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, aligned_slots, normalize_request
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
 

@@ -48,15 +48,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from gpuzarr.errors import DeviceUnavailableError
-from gpuzarr.io.base import (
-    Buffer,
-    ByteRange,
-    ChunkFetcher,
-    Range,
-    SuffixRange,
-    aligned_slots,
-    normalize_request,
-)
+from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, aligned_slots, normalize_request
 from gpuzarr.io.local import DeviceBatch, cuda_io_usable, range_past_end_error, resolve_extent
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
