@@ -58,3 +58,6 @@ class ZarrStoreFetcher(ChunkFetcher):
                 )
             out.append(data)
         return out
+
+    def __repr__(self) -> str:
+        return f"ZarrStoreFetcher({self.store_id!r})"
