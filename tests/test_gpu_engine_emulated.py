@@ -198,6 +198,22 @@ def test_plain_codecs(emu: GpuEmulation, tmp_path: Path, compressors) -> None:
     _check(arr, _regions(data.shape, (20, 20, 3), 9, rng))
 
 
+def test_crc32c_and_blosc_upload_the_chunks_once(emu: GpuEmulation, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crc32c check uploads the encoded chunks; Blosc then decodes from that device copy."""
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 1000, (64, 50)).astype("int32")
+    arr = _make(tmp_path, "a", data, (16, 16), compressors=[BloscCodec(cname="lz4", shuffle="shuffle"), Crc32cCodec()])
+    encoded = sum(p.stat().st_size for p in (tmp_path / "a" / "c").rglob("*") if p.is_file())
+    uploads: list[int] = []
+    original_set = FakeDeviceArray.set
+    monkeypatch.setattr(FakeDeviceArray, "set", lambda self, a, stream=None: uploads.append(a.nbytes) or
+                        original_set(self, a, stream))
+    _check(arr, [(slice(0, 64), slice(0, 50))])  # every chunk
+    big = [n for n in uploads if n >= encoded // 2]
+    assert len(big) == 1 and encoded <= big[0] < encoded + 16 * 20, (uploads, encoded)
+
+
 def test_gzip_members_with_optional_header_fields(emu: GpuEmulation, tmp_path: Path) -> None:
     data = np.arange(32 * 32, dtype="uint16").reshape(32, 32)
     arr = _make(tmp_path, "g", data, (16, 16), compressors=[GzipCodec()])

@@ -214,10 +214,11 @@ def _split_rule(nsplits_allowed: np.ndarray, typesize: np.ndarray, bsize: np.nda
     return np.where(split, typesize, 1).astype(np.int64)
 
 
-def _analyse(chunks: Sequence[Any], expected_nbytes: int | Sequence[int] | None, align: int) -> tuple[
+def _analyse(chunks: Sequence[Any], expected_nbytes: int | Sequence[int] | None, align: int,
+             packed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[
         _Verdicts, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Run every check; returns the verdicts, the tables (rows of bad chunks included), blob, base."""
-    blob, base, length = concatenate_aligned(chunks, align)
+    blob, base, length = packed if packed is not None else concatenate_aligned(chunks, align)
     n = len(length)
     v = _Verdicts(n)
 
@@ -380,17 +381,22 @@ def parse_blosc_batch(
     array_name: str = "",
     expected_nbytes: int | Sequence[int] | None = None,
     align: int = 16,
+    packed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> BloscBatch:
     """Parse and validate a batch of Blosc1 chunks into flat tables (see :class:`BloscBatch`).
 
     Raises :class:`CorruptChunkError` naming the array and the key of the first chunk
     that fails any check. ``expected_nbytes`` (one int for all chunks, or one per
     chunk) makes a header that disagrees with the array's chunk size an error too.
+    ``packed``: ``(blob, base, length)`` of the chunks already laid out back to back
+    (what :func:`concatenate_aligned` returns, e.g. the image the GPU engine uploaded to
+    check crc32c; ``length`` may stop short of a trailer), used instead of
+    concatenating ``chunks`` again, so offsets refer to that image.
     """
     if align < 1 or align & (align - 1):
         raise ValueError(f"align must be a power of two, not {align}")
     key_t = _keys_for(len(chunks), keys)
-    v, t, blob, _ = _analyse(chunks, expected_nbytes, max(align, 16))
+    v, t, blob, _ = _analyse(chunks, expected_nbytes, max(align, 16), packed)
     bad = np.flatnonzero(~v.ok)
     if bad.size:
         c = int(bad[0])

@@ -341,18 +341,24 @@ class GpuEngine:
                                     array=array_name, key=k)
         return base + start, end - start
 
-    def _decode_blosc(self, chunks: Sequence[Any], nbytes: int, keys: Sequence[str],
-                      array_name: str) -> tuple[Any, np.ndarray]:
+    def _decode_blosc(self, chunks: Sequence[Any], nbytes: int, keys: Sequence[str], array_name: str,
+                      uploaded: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[Any, np.ndarray]:
+        """Blosc chunks → one device buffer. ``uploaded``: ``(dev, host, base, length)`` of the chunks,
+        already on the device (for the crc32c check), reused instead of a second host→device copy."""
         import cupy as cp
 
-        batch = blosc.parse_blosc_batch(chunks, keys=keys, array_name=array_name, expected_nbytes=nbytes)
+        packed = None if uploaded is None else uploaded[1:]
+        batch = blosc.parse_blosc_batch(chunks, keys=keys, array_name=array_name, expected_nbytes=nbytes,
+                                        packed=packed)
         cpu_only = batch.chunks_needing_cpu()
         compressed = (batch.stream_kind == blosc.STREAM_COMPRESSED) & ~cpu_only[batch.stream_chunk]
         # arena: [uploaded chunks | decoded streams of every algorithm]
         blob_end = int(_align_up(batch.blob.size))
         scratch_off, arena_end = _slots(np.where(compressed, batch.stream_usize, 0), blob_end)
         arena = cp.empty(max(arena_end, 1), dtype=cp.uint8)
-        if batch.blob.size:
+        if batch.blob.size and uploaded is not None:
+            arena[: batch.blob.size] = uploaded[0][: batch.blob.size]  # device to device
+        elif batch.blob.size:
             arena[: batch.blob.size].set(batch.blob)
         src_off = batch.stream_offset.copy()
         src_size = batch.stream_csize.copy()
@@ -453,9 +459,11 @@ class GpuEngine:
             length = self._verify_crc32c(dev, host, base, length, keys, array_name)
         step = gplan.compressor
         if isinstance(step, BloscStep):
-            chunks = encoded if length is None else [
-                memoryview(c).cast("B")[: int(n)] for c, n in zip(encoded, length.tolist(), strict=True)]
-            out, offsets = self._decode_blosc(chunks, nbytes, keys, array_name)
+            if length is None:  # no crc32c: nothing uploaded yet
+                out, offsets = self._decode_blosc(encoded, nbytes, keys, array_name)
+            else:  # the crc32c check uploaded the chunks: parse that image, decode from its device copy
+                bodies = [memoryview(c).cast("B")[: int(n)] for c, n in zip(encoded, length.tolist(), strict=True)]
+                out, offsets = self._decode_blosc(bodies, nbytes, keys, array_name, uploaded=(dev, host, base, length))
         elif isinstance(step, ZstdStep):
             self._check_zstd_frames(host, base, length, nbytes, keys, array_name)
             out, offsets = self._decode_plain_naming_culprit("Zstd", dev, base, length, nbytes, encoded, chain,
