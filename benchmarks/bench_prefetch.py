@@ -59,13 +59,15 @@ def start_moto(latency: float) -> tuple[subprocess.Popen, dict[str, str]]:
     return process, {"endpoint_url": info["moto"], "key": info["key"], "secret": info["secret"]}
 
 
-def write_array(root: Path, size: int, chunks: tuple[int, int]) -> None:
-    """``root/bench/data.zarr``: the array both servers serve (bucket ``bench``)."""
+def write_array(root: Path, size: int, chunks: tuple[int, int]) -> np.ndarray:
+    """``root/bench/data.zarr``: the array both servers serve (bucket ``bench``); returns its values."""
     import zarr
 
     array = zarr.create_array(str(root / "bench" / "data.zarr"), shape=(size, size), chunks=chunks, dtype="float32",
                               compressors=zarr.codecs.BloscCodec(cname="lz4"), overwrite=True)
-    array[:] = np.random.default_rng(0).normal(size=(size, size)).astype("float32")
+    values = np.random.default_rng(0).normal(size=(size, size)).astype("float32")
+    array[:] = values
+    return values
 
 
 def upload(root: Path, options: dict[str, str]) -> None:
@@ -90,8 +92,10 @@ def start_server(kind: str, latency: float, root: Path) -> tuple[subprocess.Pope
 
 
 def run_loader(url: str, options: dict[str, Any], sampler: gpuzarr.RandomCrops, batch_size: int,
-               depth: int, workers: int | None) -> tuple[float, int, dict[str, Any]]:
+               depth: int, workers: int | None, values: np.ndarray) -> tuple[float, int, dict[str, Any]]:
     """Seconds to iterate one epoch of ``sampler`` through :class:`gpuzarr.Loader` (first batch excluded).
+
+    Every batch is checked against ``values`` afterwards (outside the timed loop).
 
     Both modes read through the same :class:`PinnedLRUCache` (so chunks shared between
     batches are fetched once either way, and the difference is prefetch alone). ``depth``
@@ -103,11 +107,16 @@ def run_loader(url: str, options: dict[str, Any], sampler: gpuzarr.RandomCrops, 
         loader = gpuzarr.Loader(handle, sampler, batch_size, device="cpu", prefetch_batches=0,
                                 prefetch_chunks=depth, prefetch_workers=workers)
         batches = iter(loader)
-        next(batches)  # warm connections, equally for every mode
+        got = [next(batches)]  # warm connections, equally for every mode
         started = time.perf_counter()
-        count = sum(1 for _ in batches)
+        got.extend(batches)
         elapsed = time.perf_counter() - started
-        return elapsed, count, {"cache_hit_rate": round(cache.stats().hit_rate, 3)}
+        regions = loader.epoch_regions(0)
+        for i, batch in enumerate(got):
+            expected = np.stack([values[r] for r in regions[i * batch_size : (i + 1) * batch_size]])
+            if not np.array_equal(batch, expected):
+                raise AssertionError(f"batch {i} differs from the array's values (depth {depth}, {options})")
+        return elapsed, len(got) - 1, {"cache_hit_rate": round(cache.stats().hit_rate, 3)}
 
 
 def main() -> None:
@@ -133,7 +142,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gpuzarr-bench-prefetch-") as tmp:
         root = Path(tmp)
-        write_array(root, args.size, chunks)
+        values = write_array(root, args.size, chunks)
         for server in args.servers:
             for latency in args.latency:
                 process, options = start_server(server, latency, root)
@@ -142,7 +151,7 @@ def main() -> None:
                         opened = {**options, "s3_client": client}
                         for depth in [0, *args.depths]:
                             elapsed, count, extra = run_loader(url, opened, sampler, args.batch_size, depth,
-                                                               args.workers)
+                                                               args.workers, values)
                             rows.append({"server": server, "latency_s": latency, "client": client,
                                          "mode": "planned prefetch" if depth else "no prefetch", "depth": depth,
                                          "seconds": elapsed, "batches": count, **extra})
