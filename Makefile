@@ -18,8 +18,9 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 demo: $(VENV)/.installed-$(EXTRAS)   ## set up, write the demo dataset, load random crops, print a table
 	$(VENV)/bin/gpuzarr demo
 
-test: $(VENV)/.installed-$(EXTRAS)   ## the test suite (GPU tests are skipped without a GPU)
+test: $(VENV)/.installed-$(EXTRAS)   ## the test suite, then the GPU tests once more under the CPU emulation of CUDA
 	$(PY) -m pytest -q
+	GPUZARR_EMULATE_GPU=1 $(PY) -m pytest -q -m gpu
 
 test-gpu: $(VENV)/.installed-$(EXTRAS)   ## only the GPU tests (needs CUDA, CuPy, nvCOMP: EXTRAS=test,gpu)
 	$(PY) -m pytest -q -m gpu

@@ -2,6 +2,12 @@
 
 Tests marked ``gpu`` are deselected by default (``-m 'not gpu'`` in pyproject) and run
 with ``pytest -m gpu``; without a usable GPU engine they skip with the reason.
+
+``GPUZARR_EMULATE_GPU=1 pytest -m gpu`` runs them on the CPU under the GPU emulation of
+:mod:`gpu_emulation` (CuPy, nvCOMP, kvikio and the kernels emulated) for the whole
+session. That proves nothing about CUDA (kernels are their mirrors there), but it runs
+the GPU tests' own code and the engine paths they drive before a GPU machine is spent
+on them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,23 @@ settings.register_profile("thorough", deadline=None, max_examples=1000, suppress
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+_EMULATION: pytest.MonkeyPatch | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _EMULATION
+    if os.environ.get("GPUZARR_EMULATE_GPU") == "1":
+        from gpu_emulation import install
+
+        _EMULATION = pytest.MonkeyPatch()
+        install(_EMULATION, kvikio=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _EMULATION is not None:
+        _EMULATION.undo()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
@@ -23,6 +46,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from gpuzarr import _optional
 
     gpu = _optional.gpu_engine()
+    if _EMULATION is not None:
+        emulated = pytest.mark.skip(reason="asks the CUDA runtime itself, which the GPU emulation does not emulate")
+        for item in gpu_items:
+            if "real_cuda" in item.keywords:
+                item.add_marker(emulated)
     if not gpu:
         skip = pytest.mark.skip(reason=f"no usable GPU engine: {gpu.reason}")
         for item in gpu_items:

@@ -130,6 +130,7 @@ def test_eight_threads_never_exceed_budget() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.real_cuda
 def test_pinned_entries_are_page_locked() -> None:
     import cupy
 
