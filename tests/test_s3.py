@@ -158,17 +158,21 @@ def test_missing_bucket_is_an_error_not_a_missing_chunk(s3_server: S3Server, cli
 
 def test_client_choice(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """auto → obstore only where every option means the same to it; s3fs otherwise; bad names are refused."""
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
     url = "s3://bucket/data.zarr"
     assert RemoteFetcher(url, direct_options(s3_server)).s3_client == "obstore"
-    assert RemoteFetcher(url, {"anon": True}).s3_client == "obstore"
+    assert RemoteFetcher(url, {"anon": True, "region": "us-west-2"}).s3_client == "obstore"
+    assert RemoteFetcher(url, {"anon": True}).s3_client == "s3fs"  # AWS, region unknown: botocore finds it
     assert RemoteFetcher(url, {**direct_options(s3_server), "client_kwargs": {"region_name": "eu-west-1"}}
                          ).s3_client == "obstore"
-    assert RemoteFetcher(url, {"profile": "research"}).s3_client == "s3fs"  # AWS config files: botocore's
-    assert RemoteFetcher(url, {}).s3_client == "s3fs"  # credentials from ~/.aws or instance metadata
+    assert RemoteFetcher(url, {"profile": "research", "region": "eu-west-1"}).s3_client == "s3fs"  # AWS config files
+    assert RemoteFetcher(url, {"region": "eu-west-1"}).s3_client == "s3fs"  # credentials from ~/.aws or instance role
     assert RemoteFetcher(url, {**direct_options(s3_server), "config_kwargs": {"signature_version": "s3v4"}}
                          ).s3_client == "s3fs"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
+    assert RemoteFetcher(url, {}).s3_client == "s3fs"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
     assert RemoteFetcher(url, {}).s3_client == "obstore"
     with pytest.raises(ValueError, match="need s3fs"):
         RemoteFetcher(url, {"profile": "research", "s3_client": "obstore"})

@@ -11,7 +11,8 @@ fsspec's I/O event-loop thread, bounded by ``max_concurrency`` requests in fligh
     default) takes it when it is installed and every storage option has an obstore
     equivalent (:func:`obstore_options`): ``key``/``secret``/``token``, ``anon``,
     ``endpoint_url``, region, ``requester_pays``, with credentials given explicitly, by
-    ``anon=True`` or by ``AWS_ACCESS_KEY_ID``. obstore's own retries are off.
+    ``anon=True`` or by ``AWS_ACCESS_KEY_ID``, and an endpoint or a region known.
+    obstore's own retries are off.
   - **s3fs**' aiobotocore client otherwise: what zarr-python uses for ``s3://``, so
     every ``storage_options`` key (``profile``, ``config_kwargs``, ``client_kwargs``…)
     and AWS config file means what it means to ``zarr.open``. We call ``get_object``
@@ -135,9 +136,11 @@ def normalise_s3_options(storage_options: Mapping[str, Any] | None) -> dict[str,
 def obstore_options(s3fs_options: Mapping[str, Any], endpoint: str, request_timeout: float) -> dict[str, Any] | None:
     """s3fs-style options (after :func:`normalise_s3_options`) → ``obstore.store.S3Store`` keywords.
 
-    ``None`` when an option has no obstore equivalent, or when the credentials would
-    come from somewhere only botocore reads (AWS config files, profiles): the caller then
-    uses s3fs, so the same ``storage_options`` always reach the same data.
+    ``None`` when an option has no obstore equivalent, when the credentials would come
+    from somewhere only botocore reads (AWS config files, profiles), or when neither an
+    endpoint nor a region is known (botocore finds a bucket's region by following AWS's
+    redirect; obstore does not): the caller then uses s3fs, so the same
+    ``storage_options`` always reach the same data.
     """
     options = dict(s3fs_options)
     client_kwargs = dict(options.pop("client_kwargs", None) or {})
@@ -158,6 +161,9 @@ def obstore_options(s3fs_options: Mapping[str, Any], endpoint: str, request_time
         return None
     explicit = config.get("skip_signature") or ("access_key_id" in config and "secret_access_key" in config)
     if not explicit and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        return None
+    if not endpoint and not region and not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+        # on AWS itself a bucket answers only in its own region: botocore follows the redirect, obstore does not
         return None
     if region:
         config["region"] = region
@@ -266,7 +272,8 @@ class RemoteFetcher(ChunkFetcher):
         if wanted == "obstore" and not usable:
             why = "it is not installed (pip install obstore)" if not _obstore_available() else \
                 "these storage_options need s3fs (only key/secret/token, anon, endpoint_url, region and " \
-                "requester_pays map to obstore, with credentials given or in AWS_ACCESS_KEY_ID)"
+                "requester_pays map to obstore, with credentials given or in AWS_ACCESS_KEY_ID, and an endpoint_url " \
+                "or a region given)"
             raise ValueError(f"s3_client='obstore' for {self.url}: {why}")
         return "obstore" if usable else "s3fs"
 
