@@ -178,3 +178,30 @@ def test_client_choice(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> 
         RemoteFetcher(url, {"profile": "research", "s3_client": "obstore"})
     with pytest.raises(ValueError, match="s3_client must be one of"):
         RemoteFetcher(url, {"s3_client": "boto"})
+
+
+def test_credentials_and_endpoint_from_the_environment(dataset: dict[str, Any], s3_server: S3Server,  # noqa: F811
+                                                        client: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No storage_options at all: the usual AWS_* variables reach the store, for either client."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    raw = dataset["raw"]
+    regions = random_regions(raw.shape, (5, 11, 13), 4, 9)
+    with gpuzarr.open_array(f"{dataset['url']}/raw", s3_client=client) as handle:
+        assert handle.fetcher.s3_client == client
+        np.testing.assert_array_equal(handle.read_batch(regions, device="cpu"), np.stack([raw[r] for r in regions]))
+
+
+def test_wrong_credentials_from_the_environment_are_refused(dataset: dict[str, Any], s3_server: S3Server,  # noqa: F811
+                                                            client: str, monkeypatch: pytest.MonkeyPatch,
+                                                            moto_auth_enforced: None) -> None:
+    """The environment's key is the one sent: moto, checking keys, refuses it by name."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMTHEENVIRON00")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nope")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    options = {"endpoint_url": s3_server.endpoint_url, "s3_client": client}
+    with RemoteFetcher(dataset["url"], options) as fetcher, pytest.raises(FetchError) as info:
+        fetcher.fetch(["raw/zarr.json"])
+    assert "InvalidAccessKeyId" in str(info.value) and info.value.key == "raw/zarr.json"
