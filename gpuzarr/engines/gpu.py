@@ -484,7 +484,7 @@ class GpuEngine:
     def decode_and_assemble(
         self,
         plan: BatchPlan,
-        encoded: Sequence[Any],
+        encoded: Sequence[Any] | DeviceBatch,
         chain: DecodeChain,
         fill_value: Any,
         *,
@@ -493,7 +493,11 @@ class GpuEngine:
         transform: Any = None,
         out: Any = None,
     ) -> Any:
-        """Decode every distinct chunk once and build the stacked batch on the GPU (a CuPy array)."""
+        """Decode every distinct chunk once and build the stacked batch on the GPU (a CuPy array).
+
+        ``encoded``: host bytes per chunk (``None`` where never written), or one
+        :class:`DeviceBatch` read straight into device memory (see :meth:`takes_device_batches`).
+        """
         import cupy as cp
 
         if isinstance(encoded, DeviceBatch):  # read straight into device memory (see takes_device_batches)
