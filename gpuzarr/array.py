@@ -13,8 +13,10 @@ handed to DataLoader workers.
 from __future__ import annotations
 
 import os
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -23,6 +25,9 @@ from gpuzarr.device import resolve_engine
 from gpuzarr.errors import ArrayNotFoundError, GpuzarrError, NotAZarrArrayError, UnsupportedCodecError
 from gpuzarr.io.select import make_fetcher
 from gpuzarr.planning import BatchPlan, plan_batch
+
+if TYPE_CHECKING:
+    from gpuzarr.prefetch import Prefetcher, StridePrefetcher
 
 
 def _describe_source(source: Any) -> str:
@@ -78,7 +83,7 @@ class ArrayHandle:
     """One Zarr array, ready for batched reads of equal-shape regions."""
 
     def __init__(self, zarr_array: Any, *, name: str | None = None, cache: Any = None, disk_cache: Any = None,
-                 _source: tuple[Any, str | None, dict[str, Any]] | None = None) -> None:
+                 readahead: int = 0, _source: tuple[Any, str | None, dict[str, Any]] | None = None) -> None:
         import zarr
 
         if not isinstance(zarr_array, zarr.Array):
@@ -106,6 +111,13 @@ class ArrayHandle:
         self.shards: tuple[int, ...] | None = self.reader.shard.shard_shape if self.reader.shard else None
         self.dtype: np.dtype = self.chain.dtype
         self.fill_value = np.asarray(meta.fill_value, dtype=self.dtype)[()]
+        if readahead and cache is None:
+            raise ValueError(f"{self.name}: readahead prefetches into the chunk cache; open the array with one, "
+                             "e.g. cache=gpuzarr.PinnedLRUCache(1 << 30)")
+        self.readahead = int(readahead)
+        # (pid, Prefetcher, StridePrefetcher, recent tickets): made on first read, per process
+        self._readahead_state: tuple[int, Prefetcher, StridePrefetcher, deque] | None = None
+        self._readahead_lock = threading.Lock()
 
     # ------------------------------------------------------------ properties
     @property
@@ -143,6 +155,8 @@ class ArrayHandle:
     def read_plan(self, plan: BatchPlan, device: str = "auto", *, transform: Any = None,
                   strict: bool = False, out: Any = None) -> Any:
         """Execute a plan made by :meth:`plan` (lets a loader plan ahead and prefetch)."""
+        if self.readahead:
+            self._readahead(plan.chunk_coords)
         engine = resolve_engine(device, strict=strict)
         encoded = self.reader.read(plan.chunk_coords, deferred=engine.loads_deferred_reads,
                                    to_device=engine.takes_device_batches(self.chain))
@@ -154,8 +168,54 @@ class ArrayHandle:
         """One region on the CPU, like ``zarr_array[region]`` (slices with step 1 and integers)."""
         return self.read_batch([region], device="cpu")[0]
 
+    # ------------------------------------------------------------ prefetch
+    def chunk_prefetcher(self, *, workers: int, max_bytes_in_flight: int = 256 << 20) -> Prefetcher:
+        """A :class:`~gpuzarr.prefetch.Prefetcher` whose keys are chunk coordinates, read into this array's cache."""
+        from gpuzarr.prefetch import Prefetcher
+
+        if self.reader.cache is None:
+            raise ValueError(f"{self.name}: prefetching needs the array opened with a cache")
+
+        def as_coords(keys: list[tuple[int, ...]]) -> np.ndarray:
+            return np.asarray(keys, dtype=np.int64).reshape(-1, self.ndim)
+
+        chunk_bytes = int(np.prod(self.chunks)) * self.dtype.itemsize
+        return Prefetcher(lambda coords: self.reader.read(as_coords(coords)), max_bytes_in_flight=max_bytes_in_flight,
+                          workers=workers, size_of=lambda _: chunk_bytes,
+                          is_cached=lambda coords: self.reader.cached(as_coords(coords)))
+
+    def _readahead(self, chunk_coords: np.ndarray) -> None:
+        """Feed this read to the stride detector, then wait for any of its chunks already in flight.
+
+        The detector and its threads are made on first use (again in a forked child).
+        Waiting for the earlier tickets that hold this read's chunks means a chunk being
+        prefetched is not fetched a second time by the read itself.
+        """
+        from gpuzarr.prefetch import StridePrefetcher
+
+        with self._readahead_lock:
+            state = self._readahead_state
+            if state is None or state[0] != os.getpid():
+                prefetcher = self.chunk_prefetcher(workers=self.readahead)
+                grid = tuple(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
+                detector = StridePrefetcher(prefetcher, grid, tuple, depth=self.readahead)
+                state = (os.getpid(), prefetcher, detector, deque(maxlen=self.readahead + 1))
+                self._readahead_state = state
+        _, _, detector, tickets = state
+        ticket = detector.observe(chunk_coords)
+        wanted = {tuple(c) for c in chunk_coords.tolist()}
+        for earlier in list(tickets):
+            if not earlier.done() and wanted.intersection(earlier.keys):
+                earlier.wait()
+        if ticket is not None:
+            tickets.append(ticket)
+
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
+        with self._readahead_lock:
+            state, self._readahead_state = self._readahead_state, None
+        if state is not None and state[0] == os.getpid():
+            state[1].close()
         self.fetcher.close()
 
     def __enter__(self) -> Self:
@@ -167,13 +227,14 @@ class ArrayHandle:
     def __getstate__(self) -> dict[str, Any]:
         # caches travel as what they are made of (a DiskCache as its directory, a memory
         # cache as an empty one of the same budget), see their __reduce__
-        state = {"name": self.name, "cache": self.cache, "disk_cache": self.disk_cache}
+        state = {"name": self.name, "cache": self.cache, "disk_cache": self.disk_cache, "readahead": self.readahead}
         if self._source is None:
             return {**state, "zarr_array": self.zarr_array}
         return {**state, "source": self._source}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        caches = {"cache": state.get("cache"), "disk_cache": state.get("disk_cache")}
+        caches = {"cache": state.get("cache"), "disk_cache": state.get("disk_cache"),
+                  "readahead": state.get("readahead", 0)}
         if "source" in state:
             source, path, opts = state["source"]
             node = _open_zarr_node(source, path, opts)
@@ -223,7 +284,7 @@ class GroupHandle:
 
 
 def open_array(source: Any, *, path: str | None = None, cache: Any = None, disk_cache: Any = None,
-               **storage_options: Any) -> ArrayHandle:
+               readahead: int = 0, **storage_options: Any) -> ArrayHandle:
     """Open a Zarr 3 array for batched reads.
 
     ``source`` is a local path, a URL (``s3://bucket/data.zarr``, ``https://...``) or an
@@ -231,6 +292,10 @@ def open_array(source: Any, *, path: str | None = None, cache: Any = None, disk_
     ``endpoint_url``, ``anon``...). ``cache`` is an optional encoded-chunk cache shared
     between arrays (e.g. :class:`gpuzarr.cache.PinnedLRUCache`); ``disk_cache`` an
     optional :class:`gpuzarr.disk_cache.DiskCache` kept in front of slow (remote) storage.
+    ``readahead=N`` (needs ``cache``) is for access outside a :class:`gpuzarr.Loader`
+    (which plans its own prefetch): when successive reads move by a constant step through
+    the chunk grid (a sequential or strided scan), the chunks of the next ``N`` reads are
+    fetched into the cache in the background.
     """
     import zarr
 
@@ -242,7 +307,7 @@ def open_array(source: Any, *, path: str | None = None, cache: Any = None, disk_
     src = (source, path, storage_options) if isinstance(source, (str, os.PathLike)) else None
     if src is None:
         name = f"{node.store}/{node.path}".rstrip("/")
-    return ArrayHandle(node, name=name, cache=cache, disk_cache=disk_cache, _source=src)
+    return ArrayHandle(node, name=name, cache=cache, disk_cache=disk_cache, readahead=readahead, _source=src)
 
 
 def open_group(source: Any, *, path: str | None = None, cache: Any = None, **storage_options: Any) -> GroupHandle:

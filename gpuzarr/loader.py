@@ -255,7 +255,7 @@ class Loader:
         """A planned prefetcher over the chunks of the upcoming batches (``prefetch_chunks`` > 0)."""
         if not self.prefetch_chunks:
             return None
-        from gpuzarr.prefetch import PlannedPrefetcher, Prefetcher
+        from gpuzarr.prefetch import PlannedPrefetcher
 
         array = self.array
         upcoming = self._schedule()  # a second walk of the same schedule, running ahead of the reads
@@ -272,17 +272,7 @@ class Loader:
             planned[ordinal] = coords[:0]  # keep the slot (it counts), drop the data
             return [tuple(c) for c in coords.tolist()]
 
-        def as_coords(keys: list[tuple[int, ...]]) -> np.ndarray:
-            return np.asarray(keys, dtype=np.int64).reshape(-1, array.ndim)
-
-        chunk_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize
-        prefetcher = Prefetcher(
-            lambda coords: array.reader.read(as_coords(coords)),
-            max_bytes_in_flight=self.prefetch_max_bytes,
-            workers=self.prefetch_workers,
-            size_of=lambda _: chunk_bytes,
-            is_cached=lambda coords: array.reader.cached(as_coords(coords)),
-        )
+        prefetcher = array.chunk_prefetcher(workers=self.prefetch_workers, max_bytes_in_flight=self.prefetch_max_bytes)
         return prefetcher, PlannedPrefetcher(prefetcher, coords_of, batches_ahead=self.prefetch_chunks)
 
     def _read(self, regions: list[tuple]) -> Any:
