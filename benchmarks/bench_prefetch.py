@@ -119,6 +119,18 @@ def run_loader(url: str, options: dict[str, Any], sampler: gpuzarr.RandomCrops, 
         return elapsed, len(got) - 1, {"cache_hit_rate": round(cache.stats().hit_rate, 3)}
 
 
+def write_result(out: Path, rows: list[dict[str, Any]], **parameters: Any) -> None:
+    """The benchmark's JSON: date, machine, its parameters and rows."""
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        **parameters,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, nargs="+", default=[0.02])
@@ -171,19 +183,8 @@ def main() -> None:
     for row in rows:
         print(f"{row['server']:<8}{row['latency_s'] * 1000:>6.0f}ms  {row['client']:<9}{row['depth']:>6}"
               f"{row['batches_per_s']:>11.1f}{row['mb_per_s']:>8.2f}{row['speedup']:>8.1f}x{row['cache_hit_rate']:>10.0%}")
-    result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        "batches": args.batches,
-        "batch_size": args.batch_size,
-        "crop": args.crop,
-        "size": args.size,
-        "chunks": chunks,
-        "workers": args.workers,
-        "rows": rows,
-    }
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    write_result(args.out, rows, batches=args.batches, batch_size=args.batch_size, crop=args.crop, size=args.size,
+                 chunks=chunks, workers=args.workers)
 
 
 if __name__ == "__main__":

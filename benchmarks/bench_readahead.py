@@ -14,13 +14,9 @@ timed loop. Prints a table and writes JSON (``--out``)::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_prefetch import start_server, write_array
+from bench_prefetch import start_server, write_array, write_result
 
 import gpuzarr
 from gpuzarr.cache import PinnedLRUCache
@@ -97,14 +93,8 @@ def main() -> None:
     for row in rows:
         print(f"{row['server']:<8}{row['latency_s'] * 1000:>6.0f}ms  {row['client']:<9}{row['readahead']:>10}"
               f"{row['reads_per_s']:>9.1f}{row['speedup']:>8.1f}x")
-    result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        "reads": args.reads, "band_chunks": args.band, "width": args.width, "size": args.size, "chunks": CHUNK,
-        "rows": rows,
-    }
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    write_result(args.out, rows, reads=args.reads, band_chunks=args.band, width=args.width, size=args.size,
+                 chunks=CHUNK)
 
 
 if __name__ == "__main__":
