@@ -32,6 +32,7 @@ _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "numcodecs": ("numcodecs",),
     "tensorstore": ("tensorstore",),
     "zarrs": ("zarrs",),
+    "obstore": ("obstore",),
     "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
     "kvikio": ("kvikio-cu13", "kvikio-cu12", "kvikio"),
     "nvcomp": ("nvidia-nvcomp-cu13", "nvidia-nvcomp-cu12", "nvidia-libnvcomp-cu13", "nvidia-libnvcomp-cu12"),
@@ -108,6 +109,16 @@ def _probe_import(name: str, module: str) -> Callable[[], Component]:
         avail = _optional.module_available(module)
         version = distribution_version(name) or avail.version
         return Component(name, avail.usable, version, avail.reason)
+
+    return probe
+
+
+def _probe_s3_client(name: str, role: str) -> Callable[[], Component]:
+    """One of the S3 clients :class:`gpuzarr.io.remote.RemoteFetcher` can use, and when it is used."""
+
+    def probe() -> Component:
+        found = _probe_import(name, name)()
+        return Component(name, found.usable, found.version, role if found.usable else found.reason)
 
     return probe
 
@@ -253,6 +264,8 @@ PROBES: dict[str, Callable[[], Component]] = {
     "nvcomp": _probe_nvcomp,
     "kvikio": _probe_kvikio,
     "gpu engine": _probe_gpu_engine,
+    "obstore": _probe_s3_client("obstore", "S3 reads (s3_client='auto') when the storage options map to it"),
+    "s3fs": _probe_s3_client("s3fs", "S3 reads otherwise, and zarr-python's metadata reads"),
     "nvml": _probe_nvml,
     "dali": _probe_import("dali", "nvidia.dali"),
     "torch": _probe_torch,
