@@ -45,7 +45,13 @@ real behaviour is known; stricter where it is not, and said so):
   into a fake device array or a (pinned) host array, which must be 1-D contiguous
   ``uint8`` and large enough, and returns a future whose ``get()`` is the byte count.
   Each read is logged in :attr:`GpuEmulation.kvikio_reads` as ``"device"`` or ``"host"``.
-  ``is_remote_file_available()`` is False, so remote fetchers stay on host reads.
+  ``RemoteFile.open_http(url, nbytes)`` / ``open_s3(bucket, object, nbytes, region, key,
+  secret, endpoint, token)`` read over plain HTTP with ``Range`` requests (path-style
+  URLs on the given endpoint, unsigned: the loopback moto accepts that), learning the
+  size with a ``HEAD`` at open when ``nbytes`` is not given, as kvikio does; an HTTP
+  error at open or read is a ``RuntimeError`` naming the status (kvikio raises
+  ``RuntimeError`` from libcurl; the wording here is the emulation's). Remote reads are
+  logged as ``"remote device"`` / ``"remote host"``.
 
 What it does not prove: that the CUDA kernels equal their mirrors (``pytest -m gpu``
 checks that), that nvCOMP decodes, aligns, sizes and reports errors as assumed here,
@@ -830,9 +836,76 @@ def make_fake_kvikio(emu: GpuEmulation) -> types.ModuleType:
                 os.close(self._fd)
                 self._fd = -1
 
+    class RemoteFile:
+        def __init__(self, url: str, nbytes: int | None, signing: tuple[Any, str] | None = None) -> None:
+            self._url = url
+            self._signing = signing  # (botocore Credentials, region): requests are SigV4-signed like kvikio's
+            self._nbytes = self._request("HEAD")[1] if nbytes is None else int(nbytes)
+
+        def _request(self, method: str, headers: dict[str, str] | None = None) -> tuple[bytes, int]:
+            import urllib.error
+            import urllib.request
+
+            headers = dict(headers or {})
+            if self._signing is not None:
+                from botocore.auth import S3SigV4Auth
+                from botocore.awsrequest import AWSRequest
+
+                signed = AWSRequest(method=method, url=self._url, headers=headers)
+                S3SigV4Auth(self._signing[0], "s3", self._signing[1]).add_auth(signed)
+                headers = dict(signed.headers.items())
+            request = urllib.request.Request(self._url, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    body = answer.read()
+                    return body, int(answer.headers.get("Content-Length", len(body)))
+            except urllib.error.HTTPError as exc:
+                raise RuntimeError(f"GPU emulation of kvikio RemoteFile: HTTP {exc.code} for {self._url}") from None
+
+        @classmethod
+        def open_http(cls, url: str, nbytes: int | None = None) -> RemoteFile:
+            return cls(url, nbytes)
+
+        @classmethod
+        def open_s3(cls, bucket_name: str, object_name: str, nbytes: int | None = None,
+                    aws_region_name: str | None = None, aws_access_key_id: str | None = None,
+                    aws_secret_access_key: str | None = None, aws_endpoint_url: str | None = None,
+                    aws_session_token: str | None = None) -> RemoteFile:
+            from urllib.parse import quote
+
+            from botocore.credentials import Credentials
+
+            if not aws_endpoint_url:
+                raise RuntimeError("GPU emulation of kvikio RemoteFile: only endpoint URLs are reachable here")
+            if not (aws_access_key_id and aws_secret_access_key):
+                raise RuntimeError("GPU emulation of kvikio RemoteFile: open_s3 needs credentials")
+            signing = (Credentials(aws_access_key_id, aws_secret_access_key, aws_session_token),
+                       aws_region_name or "us-east-1")
+            return cls(f"{aws_endpoint_url.rstrip('/')}/{bucket_name}/{quote(object_name)}", nbytes, signing)
+
+        def nbytes(self) -> int:
+            return self._nbytes
+
+        def pread(self, buf: Any, size: int | None = None, file_offset: int = 0) -> Any:
+            on_device = isinstance(buf, FakeDeviceArray)
+            target = buf._a if on_device else np.asarray(buf)
+            size = target.nbytes if size is None else int(size)
+            if target.dtype != np.uint8 or target.ndim != 1 or size > target.nbytes:
+                raise ValueError(f"GPU emulation: RemoteFile.pread of {size} bytes into {target.dtype} {target.shape}")
+            if size == 0:
+                return _DoneFuture(0)
+            body, _ = self._request("GET", {"Range": f"bytes={file_offset}-{file_offset + size - 1}"})
+            target[: len(body)] = np.frombuffer(body, dtype=np.uint8)[:size]
+            emu.kvikio_reads.append("remote device" if on_device else "remote host")
+            return _DoneFuture(min(len(body), size))
+
+        def close(self) -> None:
+            pass
+
     kvikio = types.ModuleType("kvikio")
     kvikio.CuFile = CuFile  # type: ignore[attr-defined]
-    kvikio.is_remote_file_available = lambda: False  # type: ignore[attr-defined]
+    kvikio.RemoteFile = RemoteFile  # type: ignore[attr-defined]
+    kvikio.is_remote_file_available = lambda: True  # type: ignore[attr-defined]
     kvikio.__version__ = "0+emulated"  # type: ignore[attr-defined]
     return kvikio
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import zarr
 from gpu_emulation import GpuEmulation, gpu_emulation
+from s3_server import s3_server  # noqa: F401 - fixture
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
 import gpuzarr
@@ -124,3 +125,37 @@ def test_fetch_device_entries_are_aligned_and_exact(emu: GpuEmulation, tmp_path:
     for i, n in enumerate(sizes):
         assert batch.item(i).get().tobytes() == bytes((i * 31 + j) % 256 for j in range(n))
     assert batch.item(len(sizes)) is None
+
+
+# ----------------------------------------------------------------------------- S3 (kvikio RemoteFile)
+
+
+@pytest.fixture(scope="module")
+def s3_arrays(s3_server: Any) -> dict[str, Any]:  # noqa: F811
+    """A private and a public bucket on the loopback moto, each with a zstd array with unwritten chunks."""
+    options = {"endpoint_url": s3_server.endpoint_url, "key": s3_server.key, "secret": s3_server.secret}
+    data = (np.arange(45 * 38).reshape(45, 38) % 1000).astype("int16")
+    urls = {}
+    for kind, public in (("private", False), ("public", True)):
+        bucket = s3_server.create_bucket(public_read=public)
+        url = f"s3://{bucket}/a.zarr"
+        array = zarr.create_array(url, shape=data.shape, chunks=(8, 10), dtype="int16", fill_value=7,
+                                  compressors=ZstdCodec(), storage_options=options)
+        array[:] = data
+        array[8:24, 10:20] = 7
+        urls[kind] = url
+    return {"urls": urls, "options": options, "expected": array[:]}
+
+
+@pytest.mark.parametrize("kind", ["private", "public"])
+def test_s3_chunks_read_by_kvikio_into_device_memory(emu: GpuEmulation, s3_arrays: dict[str, Any],
+                                                      s3_server: Any, kind: str) -> None:  # noqa: F811
+    """RemoteFetcher.fetch_device (kvikio RemoteFile: open_s3 with credentials, open_http for anon)."""
+    options = s3_arrays["options"] if kind == "private" else {"endpoint_url": s3_server.endpoint_url, "anon": True}
+    expected = s3_arrays["expected"]
+    with gpuzarr.open_array(s3_arrays["urls"][kind], **options) as handle:
+        assert handle.fetcher.reads_to_device
+        picked = regions(expected.shape, (13, 17), 5, 4) + [(slice(8, 21), slice(7, 24))]
+        out = handle.read_batch(picked, device="cuda")
+    np.testing.assert_array_equal(out.get(), np.stack([expected[r] for r in picked]))
+    assert emu.kvikio_reads and set(emu.kvikio_reads) == {"remote device"}
