@@ -147,13 +147,18 @@ def s3_arrays(s3_server: Any) -> dict[str, Any]:  # noqa: F811
     return {"urls": urls, "options": options, "expected": array[:]}
 
 
-@pytest.mark.parametrize("kind", ["private", "public"])
+@pytest.mark.parametrize("kind", ["private", "public", "http"])
 def test_s3_chunks_read_by_kvikio_into_device_memory(emu: GpuEmulation, s3_arrays: dict[str, Any],
                                                       s3_server: Any, kind: str) -> None:  # noqa: F811
-    """RemoteFetcher.fetch_device (kvikio RemoteFile: open_s3 with credentials, open_http for anon)."""
-    options = s3_arrays["options"] if kind == "private" else {"endpoint_url": s3_server.endpoint_url, "anon": True}
+    """RemoteFetcher.fetch_device: kvikio RemoteFile.open_s3 with credentials; open_http for an anonymous
+    s3:// URL and for the same bucket as a plain https-style URL."""
+    url, options = s3_arrays["urls"]["private" if kind == "private" else "public"], s3_arrays["options"]
+    if kind == "public":
+        options = {"endpoint_url": s3_server.endpoint_url, "anon": True}
+    elif kind == "http":
+        url, options = url.replace("s3://", f"{s3_server.endpoint_url}/"), {}
     expected = s3_arrays["expected"]
-    with gpuzarr.open_array(s3_arrays["urls"][kind], **options) as handle:
+    with gpuzarr.open_array(url, **options) as handle:
         assert handle.fetcher.reads_to_device
         picked = regions(expected.shape, (13, 17), 5, 4) + [(slice(8, 21), slice(7, 24))]
         out = handle.read_batch(picked, device="cuda")
