@@ -161,10 +161,10 @@ class Loader:
     at the next unread batch.
 
     ``prefetch_chunks=N`` (needs an array opened with a cache) fetches the encoded chunks
-    of the next ``N`` batches in the background, at most ``prefetch_max_bytes`` in flight,
-    on ``prefetch_workers`` threads (default ``N``: one per batch ahead, so all ``N``
-    batches are in flight at once; with fewer, a remote store's latency is hidden only
-    ``prefetch_workers`` batches deep).
+    of the next ``N`` batches in the background while the current one is read, at most
+    ``prefetch_max_bytes`` in flight, on ``prefetch_workers`` threads (default ``N + 1``:
+    one per batch in flight, the current one included, so none waits for a thread; with
+    fewer, a remote store's latency is hidden only that many batches deep).
     """
 
     def __init__(
@@ -192,7 +192,7 @@ class Loader:
                              "gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
         self.even_ranks = even_ranks
         self.prefetch_chunks = prefetch_chunks
-        self.prefetch_workers = prefetch_workers or max(1, prefetch_chunks)
+        self.prefetch_workers = prefetch_workers or prefetch_chunks + 1
         self.prefetch_max_bytes = prefetch_max_bytes
         self.array = array
         self.sampler = sampler
@@ -273,7 +273,9 @@ class Loader:
             return [tuple(c) for c in coords.tolist()]
 
         prefetcher = array.chunk_prefetcher(workers=self.prefetch_workers, max_bytes_in_flight=self.prefetch_max_bytes)
-        return prefetcher, PlannedPrefetcher(prefetcher, coords_of, batches_ahead=self.prefetch_chunks)
+        # advanced with the batch *before* the one about to be read (see _reads), so batches_ahead
+        # N + 1 keeps the current batch and the next N queued or in flight
+        return prefetcher, PlannedPrefetcher(prefetcher, coords_of, batches_ahead=self.prefetch_chunks + 1)
 
     def _read(self, regions: list[tuple]) -> Any:
         return self.array.read_batch(regions, device=self.device, transform=self.transform)

@@ -73,16 +73,17 @@ def test_breaking_out_of_a_prefetching_loader_stops_its_threads(array: zarr.Arra
     assert loader.state_dict() == {"epoch": 0, "batch": 3}
 
 
-def test_prefetch_threads_default_to_one_per_batch_ahead(array: zarr.Array) -> None:
-    """All ``prefetch_chunks`` batches are in flight at once unless the user asks for fewer threads."""
+def test_prefetch_threads_default_to_one_per_batch_in_flight(array: zarr.Array) -> None:
+    """The current batch and the ``prefetch_chunks`` next ones are in flight at once unless the user asks
+    for fewer threads."""
     handle = gpuzarr.open_array(array, cache=PinnedLRUCache(64 << 20))
     sampler = gpuzarr.RandomCrops((70, 70), seed=1, samples_per_epoch=64)
     loader = gpuzarr.Loader(handle, sampler, 4, device="cpu", prefetch_chunks=6)
-    assert loader.prefetch_workers == 6
+    assert loader.prefetch_workers == 7
     names: set[str] = set()
     for i, _ in enumerate(loader):
         names |= {t.name for t in threading.enumerate() if t.name.startswith("gpuzarr-prefetch")}
         if i == 3:
             break
-    assert len(names) == 6, names
+    assert len(names) == 7, names
     assert gpuzarr.Loader(handle, sampler, 4, prefetch_chunks=6, prefetch_workers=2).prefetch_workers == 2
