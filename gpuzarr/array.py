@@ -247,11 +247,13 @@ class GroupHandle:
     """A Zarr group: index it by name (``group["raw"]``, ``group["lr/2x"]``) for array handles."""
 
     def __init__(self, zarr_group: Any, name: str, source: tuple[Any, str | None, dict[str, Any]] | None,
-                 cache: Any = None) -> None:
+                 cache: Any = None, disk_cache: Any = None, readahead: int = 0) -> None:
         self.zarr_group = zarr_group
         self.name = name
         self._source = source
         self.cache = cache
+        self.disk_cache = disk_cache
+        self.readahead = readahead
 
     def __getitem__(self, key: str) -> ArrayHandle | GroupHandle:
         import zarr
@@ -266,8 +268,9 @@ class GroupHandle:
             src, base, opts = self._source
             sub_source = (src, f"{base}/{key}" if base else key, opts)
         if isinstance(node, zarr.Group):
-            return GroupHandle(node, name, sub_source, self.cache)
-        return ArrayHandle(node, name=name, cache=self.cache, _source=sub_source)
+            return GroupHandle(node, name, sub_source, self.cache, self.disk_cache, self.readahead)
+        return ArrayHandle(node, name=name, cache=self.cache, disk_cache=self.disk_cache, readahead=self.readahead,
+                           _source=sub_source)
 
     def __contains__(self, key: str) -> bool:
         return key in self.zarr_group
@@ -310,8 +313,12 @@ def open_array(source: Any, *, path: str | None = None, cache: Any = None, disk_
     return ArrayHandle(node, name=name, cache=cache, disk_cache=disk_cache, readahead=readahead, _source=src)
 
 
-def open_group(source: Any, *, path: str | None = None, cache: Any = None, **storage_options: Any) -> GroupHandle:
-    """Open a Zarr group; its members open as :class:`ArrayHandle` / :class:`GroupHandle`."""
+def open_group(source: Any, *, path: str | None = None, cache: Any = None, disk_cache: Any = None,
+               readahead: int = 0, **storage_options: Any) -> GroupHandle:
+    """Open a Zarr group; its members open as :class:`ArrayHandle` / :class:`GroupHandle`.
+
+    ``cache``, ``disk_cache`` and ``readahead`` apply to every member, as in :func:`open_array`.
+    """
     import zarr
 
     node = _open_zarr_node(source, path, storage_options)
@@ -319,4 +326,4 @@ def open_group(source: Any, *, path: str | None = None, cache: Any = None, **sto
     if isinstance(node, zarr.Array):
         raise NotAZarrArrayError(f"{name} is a Zarr array, not a group; use gpuzarr.open_array")
     src = (source, path, storage_options) if isinstance(source, (str, os.PathLike)) else None
-    return GroupHandle(node, name, src, cache)
+    return GroupHandle(node, name, src, cache, disk_cache, readahead)

@@ -104,3 +104,19 @@ def test_readahead_needs_a_cache_and_survives_pickling(array: zarr.Array) -> Non
     np.testing.assert_array_equal(clone.read_batch([(slice(8, 16), slice(0, 80))], device="cpu")[0], array[8:16])
     clone.close()
     handle.close()
+
+
+def test_group_members_inherit_cache_disk_tier_and_readahead(tmp_path: Path) -> None:
+    from gpuzarr.disk_cache import CachingFetcher, DiskCache
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    data = np.arange(64 * 40, dtype="uint16").reshape(64, 40)
+    group.create_array("sub/x", shape=data.shape, chunks=(8, 8), dtype="uint16")[:] = data
+    cache = PinnedLRUCache(1 << 20)
+    handle = gpuzarr.open_group(str(tmp_path / "g.zarr"), cache=cache, disk_cache=DiskCache(tmp_path / "disk", 1 << 20),
+                                readahead=2)["sub"]["x"]
+    assert handle.cache is cache and handle.readahead == 2 and isinstance(handle.fetcher, CachingFetcher)
+    for r in range(0, 64, 8):
+        np.testing.assert_array_equal(handle.read_batch([(slice(r, r + 8), slice(0, 40))], device="cpu")[0],
+                                      data[r : r + 8])
+    handle.close()
