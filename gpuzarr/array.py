@@ -201,8 +201,8 @@ class ArrayHandle:
                 detector = StridePrefetcher(prefetcher, grid, tuple, depth=self.readahead)
                 state = (os.getpid(), prefetcher, detector, deque(maxlen=self.readahead + 1))
                 self._readahead_state = state
-        _, _, detector, tickets = state
-        ticket = detector.observe(chunk_coords)
+            _, _, detector, tickets = state
+            ticket = detector.observe(chunk_coords)  # the detector keeps state: one read at a time
         wanted = {tuple(c) for c in chunk_coords.tolist()}
         for earlier in list(tickets):
             if not earlier.done() and wanted.intersection(earlier.keys):
