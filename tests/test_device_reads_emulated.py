@@ -164,3 +164,19 @@ def test_s3_chunks_read_by_kvikio_into_device_memory(emu: GpuEmulation, s3_array
         out = handle.read_batch(picked, device="cuda")
     np.testing.assert_array_equal(out.get(), np.stack([expected[r] for r in picked]))
     assert emu.kvikio_reads and set(emu.kvikio_reads) == {"remote device"}
+
+
+def test_remote_fetch_device_without_kvikio_stages_through_host(emu: GpuEmulation, s3_arrays: dict[str, Any]) -> None:
+    """kvikio's RemoteFile unavailable: one host batch, packed aligned, one copy to the device."""
+    from gpuzarr.io.remote import RemoteFetcher
+
+    with RemoteFetcher(s3_arrays["urls"]["private"], s3_arrays["options"], use_kvikio=False) as fetcher:
+        assert not fetcher.reads_to_device
+        keys = ["zarr.json", "c/0/0", "c/1/1", "c/4/3", "no/such/key"]
+        host = fetcher.fetch(keys)
+        batch = fetcher.fetch_device(keys)
+    assert isinstance(batch, DeviceBatch) and (batch.offsets % BATCH_ALIGN == 0).all()
+    assert batch.present.tolist() == [h is not None for h in host] == [True, True, False, True, False]
+    for i, h in enumerate(host):
+        assert (batch.item(i) is None) if h is None else batch.item(i).get().tobytes() == bytes(h)
+    assert not emu.kvikio_reads

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.errors import CorruptChunkError
+from gpuzarr.io.base import concatenate_aligned
 
 HEADER_BYTES = 16
 VERSION_FORMAT = 2
@@ -151,34 +152,6 @@ class BloscCheck:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _as_bytes_view(chunk: Any) -> memoryview:
-    view = memoryview(chunk)
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
-    return view
-
-
-def concatenate_aligned(chunks: Sequence[Any], align: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chunks back to back in one uint8 array, each starting at a multiple of ``align``.
-
-    Returns ``(blob, base, length)``. One ``bytes.join`` call: no per-chunk copies in Python.
-    """
-    from gpuzarr.io.base import aligned_slots
-
-    views = [_as_bytes_view(c) for c in chunks]
-    length = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
-    base, end = aligned_slots(length, align=align)
-    pads = np.diff(np.append(base, end)) - length
-    zero = bytes(align)
-    parts: list[Any] = []
-    for v, p in zip(views, pads.tolist(), strict=True):
-        parts.append(v)
-        if p:
-            parts.append(zero[:p])
-    blob = np.frombuffer(b"".join(parts), dtype=np.uint8) if parts else np.zeros(0, dtype=np.uint8)
-    return blob, base, length
 
 
 def _read_i32(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from gpuzarr.codecs import blosc
 from gpuzarr.codecs.chain import BloscStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
 from gpuzarr.engines import gpu_kernels as K
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
-from gpuzarr.io.base import BATCH_ALIGN, aligned_slots
+from gpuzarr.io.base import BATCH_ALIGN, aligned_slots, concatenate_aligned
 from gpuzarr.io.local import DeviceBatch
 from gpuzarr.kernel_mirrors import chunk_strides, gather_layout
 from gpuzarr.planning import BatchPlan
@@ -230,7 +230,7 @@ class GpuEngine:
     def _upload(self, chunks: Sequence[Any]) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
         import cupy as cp
 
-        host, base, length = blosc.concatenate_aligned(chunks, ALIGN)
+        host, base, length = concatenate_aligned(chunks, ALIGN)
         dev = cp.empty(max(host.size, 1), dtype=cp.uint8)
         if host.size:
             dev[: host.size].set(host)

@@ -49,7 +49,16 @@ from urllib.parse import urlparse
 import numpy as np
 
 from gpuzarr.errors import DeviceUnavailableError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, aligned_slots, normalize_request
+from gpuzarr.io.base import (
+    Buffer,
+    ByteRange,
+    ChunkFetcher,
+    Range,
+    SuffixRange,
+    aligned_slots,
+    concatenate_aligned,
+    normalize_request,
+)
 from gpuzarr.io.local import DeviceBatch, cuda_io_usable, range_past_end_error, resolve_extent
 from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
@@ -524,14 +533,10 @@ class RemoteFetcher(ChunkFetcher):
         keys, ranges = normalize_request(keys, ranges)
         if not self.use_kvikio:
             host = self.fetch(keys, ranges)
-            lengths = np.array([0 if h is None else len(h) for h in host], dtype=np.int64)
             present = np.array([h is not None for h in host], dtype=bool)
-            offsets, total = aligned_slots(lengths)
-            staging = np.empty(max(total, 1), dtype=np.uint8)
-            for h, o, n in zip(host, offsets, lengths, strict=True):
-                if h is not None and n:
-                    staging[o : o + n] = np.frombuffer(h, dtype=np.uint8)
-            return DeviceBatch(cupy.asarray(staging), offsets, lengths, present)
+            staging, offsets, lengths = concatenate_aligned([b"" if h is None else h for h in host])
+            return DeviceBatch(cupy.asarray(staging if staging.size else np.zeros(1, np.uint8)), offsets, lengths,
+                               present)
         return self._kvikio_fetch_device(keys, ranges)
 
     def _kvikio_open(self, key: str, nbytes: int | None) -> Any:
