@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from gpuzarr.cli import main
+from gpuzarr.tools.cli import main
 
 CPU_READERS = "gpuzarr-cpu,zarr-python,tensorstore,zarrs"
 

@@ -31,8 +31,8 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 import gpuzarr
 from gpuzarr import _optional
-from gpuzarr.demo import DemoSpec, _build_world, render_frame
 from gpuzarr.engines.cpu import CpuEngine
+from gpuzarr.tools.demo import DemoSpec, _build_world, render_frame
 
 CODECS: dict[str, Callable[[], list[Any]]] = {
     "blosc-zstd-bitshuffle": lambda: [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")],
@@ -82,7 +82,7 @@ def bench_codec(codec_name: str, compressors: list[Any], data: np.ndarray, regio
     if gpu:
         import cupy as cp
 
-        from gpuzarr.engines.gpu import GpuEngine
+        from gpuzarr.engines.gpu.engine import GpuEngine
 
         engine = GpuEngine()
         sync = cp.cuda.get_current_stream().synchronize

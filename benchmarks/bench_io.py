@@ -4,7 +4,7 @@
 Reads every chunk file of one array of the demo dataset (``raw`` by default; written first
 if missing) in batches of ``--batch`` chunks, through
 
-* ``posix``: :class:`gpuzarr.io.local.LocalFileFetcher` with kvikio off (``os.pread`` in a
+* ``posix``: :class:`gpuzarr.storage.local.LocalFileFetcher` with kvikio off (``os.pread`` in a
   thread pool, into host memory) — what the CPU engine reads with;
 * ``posix + upload``: the same, then one host→device copy per batch (how the GPU engine
   got its bytes before device reads were wired in);
@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gpuzarr import _optional
-from gpuzarr.demo import DEFAULT_DEMO_PATH, ensure_demo_dataset
-from gpuzarr.io.local import LocalFileFetcher, cuda_io_usable
+from gpuzarr.storage.local import LocalFileFetcher, cuda_io_usable
+from gpuzarr.tools.demo import DEFAULT_DEMO_PATH, ensure_demo_dataset
 
 
 def chunk_keys(array_dir: Path) -> list[str]:
@@ -101,7 +101,7 @@ def main() -> None:
         return lambda batch: sum(len(b) for b in fetcher.fetch(batch) if b is not None)
 
     def host_then_upload(fetcher: LocalFileFetcher) -> Callable[[list[str]], int]:
-        from gpuzarr.io.base import concatenate_aligned
+        from gpuzarr.storage.base import concatenate_aligned
 
         def read(batch: list[str]) -> int:
             blob, _, length = concatenate_aligned([b for b in fetcher.fetch(batch) if b is not None])

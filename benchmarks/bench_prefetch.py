@@ -6,8 +6,8 @@ batches through gpuzarr
 
 * without prefetch (each batch fetches its chunks when it is read), and
 * with ``gpuzarr.Loader(..., prefetch_chunks=depth)``, whose
-  :class:`gpuzarr.prefetch.PlannedPrefetcher` queues the chunks of the next ``depth``
-  batches into a :class:`gpuzarr.cache.PinnedLRUCache` in the background,
+  :class:`gpuzarr.storage.prefetch.PlannedPrefetcher` queues the chunks of the next ``depth``
+  batches into a :class:`gpuzarr.storage.cache.PinnedLRUCache` in the background,
 
 for each S3 client gpuzarr can use (``s3_client=obstore`` / ``s3fs``) and each server:
 
@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from static_s3 import start_static_s3
 
 import gpuzarr
-from gpuzarr.cache import PinnedLRUCache
+from gpuzarr.storage.cache import PinnedLRUCache
 
 
 def start_moto(latency: float) -> tuple[subprocess.Popen, dict[str, str]]:

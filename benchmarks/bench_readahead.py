@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_prefetch import start_server, write_array, write_result
 
 import gpuzarr
-from gpuzarr.cache import PinnedLRUCache
+from gpuzarr.storage.cache import PinnedLRUCache
 
 CHUNK = 64
 

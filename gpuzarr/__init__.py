@@ -11,8 +11,7 @@ CUDA kernels, Blosc included) or on the CPU (numcodecs in a thread pool)::
 
 from __future__ import annotations
 
-from gpuzarr.array import ArrayHandle, GroupHandle, open_array, open_group
-from gpuzarr.cache import PinnedLRUCache
+from gpuzarr.api import ArrayHandle, GroupHandle, open_array, open_group
 from gpuzarr.errors import (
     ArrayNotFoundError,
     CorruptChunkError,
@@ -26,7 +25,9 @@ from gpuzarr.errors import (
     RegionError,
     UnsupportedCodecError,
 )
-from gpuzarr.loader import GridPatches, Loader, RandomCrops
+from gpuzarr.loading.loader import GridPatches, Loader, RandomCrops
+from gpuzarr.settings import config
+from gpuzarr.storage.cache import PinnedLRUCache
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "RegionError",
     "UnsupportedCodecError",
     "__version__",
+    "config",
     "open_array",
     "open_group",
 ]

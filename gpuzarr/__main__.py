@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuzarr.cli import main
+from gpuzarr.tools.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

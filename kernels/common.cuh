@@ -1,5 +1,5 @@
 // Device helpers shared by the kernels in this directory (each .cu includes this file;
-// gpuzarr.engines.gpu_kernels.kernel_source inlines it for NVRTC, nvcc finds it beside the source).
+// gpuzarr.engines.gpu.kernels.kernel_source inlines it for NVRTC, nvcc finds it beside the source).
 
 // Last row r with row_tile_start[r] <= tile: maps a flat tile index of a launch onto the
 // row (block, segment or piece) it belongs to; rows without tiles are skipped.

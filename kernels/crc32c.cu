@@ -6,7 +6,7 @@
 // crc32c_combine_segments  one CUDA block per buffer folds its segment CRCs left to right:
 //                          crc(A + B) = crc(A) * x^(8 |B|) mod P  xor  crc(B)   (zlib's
 //                          crc32_combine, with the Castagnoli polynomial).
-// NumPy mirror: gpuzarr.kernel_mirrors.crc32c_batch.
+// NumPy mirror: gpuzarr.engines.gpu.mirrors.crc32c_batch.
 
 #define GZ_CRC32C_POLY 0x82F63B78u
 

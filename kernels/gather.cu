@@ -15,7 +15,7 @@
 // A chunk with chunk_offset < 0 was never written: its pieces get the fill value.
 // Work is tiled: piece_tile_start (n_pieces + 1) is the prefix sum of tiles of
 // tile_elems elements per piece; one CUDA block handles one tile.
-// NumPy mirrors: gpuzarr.kernel_mirrors.copy_segments / gather_pieces.
+// NumPy mirrors: gpuzarr.engines.gpu.mirrors.copy_segments / gather_pieces.
 
 #define GZ_MAX_NDIM 16
 
@@ -175,7 +175,7 @@ GZ_GATHER_COPY(4)
 GZ_GATHER_COPY(8)
 GZ_GATHER_COPY(16)
 
-// dtype codes shared with gpuzarr.engines.gpu_kernels.DTYPE_CODES
+// dtype codes shared with gpuzarr.engines.gpu.kernels.DTYPE_CODES
 #define GZ_BOOL 0
 #define GZ_U1 1
 #define GZ_I1 2

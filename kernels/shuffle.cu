@@ -17,7 +17,7 @@
 // Work is cut into tiles of tile_bytes output bytes; block_tile_start (n_blocks + 1)
 // is the prefix sum of tiles per block and one CUDA block handles one tile, so a batch
 // of many small and a few huge blocks balances across the GPU. NumPy mirror:
-// gpuzarr.kernel_mirrors.unshuffle_blocks.
+// gpuzarr.engines.gpu.mirrors.unshuffle_blocks.
 
 #define GZ_MODE_NONE 0
 #define GZ_MODE_SHUFFLE 1

@@ -1,7 +1,7 @@
 """Run the GPU engine's host orchestration on the CPU: CuPy, nvCOMP and the CUDA kernels emulated.
 
 :func:`gpu_emulation` (a context manager) and the :func:`emulated_gpu` pytest fixture make
-``device="cuda"`` resolve to a fresh :class:`gpuzarr.engines.gpu.GpuEngine` that runs on
+``device="cuda"`` resolve to a fresh :class:`gpuzarr.engines.gpu.engine.GpuEngine` that runs on
 NumPy, so everything the engine does on the host — arena layout, slot offsets and
 alignment, Blosc stream tables, nvCOMP batching per algorithm, decoded-size checks, CPU
 fallback and ``strict``, crc32c, gather arguments — runs in CI without a GPU.
@@ -34,7 +34,7 @@ real behaviour is known; stricter where it is not, and said so):
   arguments against the kernel's C signature (``long long`` ↔ ``np.int64``, ``int`` ↔
   ``np.int32``, ``double`` ↔ ``np.float64``, pointers ↔ device arrays of the pointee
   type; a host array is a ``TypeError`` as in CuPy) and then run the NumPy mirrors of
-  :mod:`gpuzarr.kernel_mirrors` on the device arrays' memory. The gather kernels record
+  :mod:`gpuzarr.engines.gpu.mirrors` on the device arrays' memory. The gather kernels record
   their launch; :func:`gpu_kernels.launch_gather` is wrapped so the real launcher still
   validates everything, after which :func:`kernel_mirrors.gather_pieces` builds the
   batch from the launcher's own tables (the layout is read back from ``out_strides`` and
@@ -74,7 +74,7 @@ from typing import Any, Self
 import numpy as np
 import pytest
 
-from gpuzarr import kernel_mirrors as km
+from gpuzarr.engines.gpu import mirrors as km
 
 #: byte written into fresh ``cp.empty`` memory (reading it back means nothing wrote there)
 UNINITIALISED_BYTE = 0xA5
@@ -930,9 +930,10 @@ class GpuEmulation:
 
 
 def _clear_caches() -> None:
-    from gpuzarr import _optional, device
-    from gpuzarr.engines import gpu_kernels
-    from gpuzarr.io import local
+    from gpuzarr import _optional
+    from gpuzarr.engines import device
+    from gpuzarr.engines.gpu import kernels as gpu_kernels
+    from gpuzarr.storage import local
 
     for probe in (_optional.cupy_device, _optional.nvcomp, _optional.gpu_engine, _optional.kvikio):
         probe.cache_clear()
@@ -954,9 +955,10 @@ def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmul
         nvidia.__path__ = []  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, "nvidia", nvidia)
 
-    from gpuzarr import _optional, device
-    from gpuzarr.engines import gpu_kernels
-    from gpuzarr.io import local
+    from gpuzarr import _optional
+    from gpuzarr.engines import device
+    from gpuzarr.engines.gpu import kernels as gpu_kernels
+    from gpuzarr.storage import local
 
     emu = GpuEmulation()
     cp, cupyx = make_fake_cupy()

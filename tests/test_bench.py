@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpuzarr import _optional
-from gpuzarr.bench import PRESETS, READER_CLASSES, run_benchmark, save_outputs
-from gpuzarr.bench.readers import DatasetSource, Reader
-from gpuzarr.bench.runner import BatchCost, crop_regions, summarise
+from gpuzarr.tools.bench import PRESETS, READER_CLASSES, run_benchmark, save_outputs
+from gpuzarr.tools.bench.readers import DatasetSource, Reader
+from gpuzarr.tools.bench.runner import BatchCost, crop_regions, summarise
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -168,7 +168,7 @@ def test_wrong_answers_are_failed_not_timed(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_cache_hit_rate_is_reported_for_a_cached_gpuzarr_reader(tmp_path: Path) -> None:
-    from gpuzarr.cache import PinnedLRUCache
+    from gpuzarr.storage.cache import PinnedLRUCache
 
     result = run_benchmark("tiny", readers=["gpuzarr-cpu", "zarr-python"], data_dir=tmp_path, progress=False,
                            gpuzarr_cache_factory=lambda: PinnedLRUCache(64 * 10**6, pinned=False))

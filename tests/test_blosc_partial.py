@@ -12,7 +12,7 @@ from zarr.codecs import BloscCodec
 import gpuzarr
 from gpuzarr.codecs.blosc_native import decode_blocks_into, needed_blocks, partial_decode_available
 from gpuzarr.engines import cpu as cpu_engine
-from gpuzarr.planning import piece_byte_intervals
+from gpuzarr.plan.planner import piece_byte_intervals
 
 pytestmark = pytest.mark.skipif(not partial_decode_available(), reason="numcodecs exports no blosc_getitem")
 

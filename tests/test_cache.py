@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpuzarr.cache import PinnedLRUCache
+from gpuzarr.storage.cache import PinnedLRUCache
 
 
 def key(i: int, store: str = "s") -> tuple[str, str, str]:

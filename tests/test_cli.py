@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuzarr.cli import build_parser, main
+from gpuzarr.tools.cli import build_parser, main
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from gpuzarr.demo import DEMO_ATTRIBUTE, ensure_demo_dataset, write_demo_dataset
+from gpuzarr.tools.demo import DEMO_ATTRIBUTE, ensure_demo_dataset, write_demo_dataset
 
 SMALL = {"height": 256, "width": 512, "chunk": 128}
 

@@ -23,8 +23,8 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, Transpos
 
 import gpuzarr
 from gpuzarr.errors import CorruptChunkError
-from gpuzarr.io.base import BATCH_ALIGN
-from gpuzarr.io.local import DeviceBatch, LocalFileFetcher
+from gpuzarr.storage.base import BATCH_ALIGN
+from gpuzarr.storage.local import DeviceBatch, LocalFileFetcher
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ def test_s3_chunks_read_by_kvikio_into_device_memory(emu: GpuEmulation, s3_array
 
 def test_remote_fetch_device_without_kvikio_stages_through_host(emu: GpuEmulation, s3_arrays: dict[str, Any]) -> None:
     """kvikio's RemoteFile unavailable: one host batch, packed aligned, one copy to the device."""
-    from gpuzarr.io.remote import RemoteFetcher
+    from gpuzarr.storage.remote import RemoteFetcher
 
     with RemoteFetcher(s3_arrays["urls"]["private"], s3_arrays["options"], use_kvikio=False) as fetcher:
         assert not fetcher.reads_to_device

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gpuzarr.cache import PinnedLRUCache
-from gpuzarr.disk_cache import CachingFetcher, DiskCache
-from gpuzarr.io.base import ByteRange
-from gpuzarr.io.local import LocalFileFetcher
+from gpuzarr.storage.base import ByteRange
+from gpuzarr.storage.cache import PinnedLRUCache
+from gpuzarr.storage.disk_cache import CachingFetcher, DiskCache
+from gpuzarr.storage.local import LocalFileFetcher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ WRITER = textwrap.dedent(
     """
     import hashlib, sys
     sys.path.insert(0, {repo!r})
-    from gpuzarr.disk_cache import DiskCache
+    from gpuzarr.storage.disk_cache import DiskCache
 
     def content(key, size):
         seed = hashlib.sha256(key.encode()).digest()

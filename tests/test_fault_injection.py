@@ -13,9 +13,9 @@ from s3_server import FaultConfig, FaultProxy, S3Server, fault_proxy, fault_prox
 
 import gpuzarr
 from gpuzarr.errors import FetchError
-from gpuzarr.io.base import ByteRange, SuffixRange
-from gpuzarr.io.remote import RemoteFetcher, check_body
-from gpuzarr.io.retry import RetryPolicy, ShortReadError, is_transient
+from gpuzarr.storage.base import ByteRange, SuffixRange
+from gpuzarr.storage.remote import RemoteFetcher, check_body
+from gpuzarr.storage.retry import RetryPolicy, ShortReadError, is_transient
 
 FAST_RETRY = RetryPolicy(max_attempts=12, base_delay=0.002, max_delay=0.02, deadline=None)
 

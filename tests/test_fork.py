@@ -24,7 +24,7 @@ REGIONS = [(slice(i, i + 16), slice(0, 40)) for i in range(0, 40, 4)]
 
 
 def _read_in_child(handle: Any, queue: Any) -> None:
-    from gpuzarr.io import remote
+    from gpuzarr.storage import remote
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -89,7 +89,7 @@ def test_forked_child_keeps_obstore_when_the_parent_never_read(s3_server: S3Serv
         import numpy as np
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import gpuzarr
-        from gpuzarr.io import remote
+        from gpuzarr.storage import remote
         from test_fork import REGIONS, _read_in_child
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         handle = gpuzarr.open_array("s3://{bucket}/a.zarr", s3_client="obstore", **{options!r})

@@ -29,12 +29,12 @@ from zarr.codecs import (
 )
 
 import gpuzarr
-from gpuzarr import kernel_mirrors as km
 from gpuzarr.codecs import blosc
-from gpuzarr.engines import gpu_kernels as K
+from gpuzarr.engines.gpu import kernels as K
+from gpuzarr.engines.gpu import mirrors as km
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, GpuFallbackError
-from gpuzarr.planning import plan_batch
-from gpuzarr.transform import OutputTransform
+from gpuzarr.plan.planner import plan_batch
+from gpuzarr.plan.transform import OutputTransform
 
 # ----------------------------------------------------------------------------- kernels vs mirrors
 
@@ -214,7 +214,7 @@ def test_blosclz_falls_back_with_one_warning(tmp_path: Path) -> None:
     handle = gpuzarr.open_array(arr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from gpuzarr.engines.gpu import GpuEngine
+        from gpuzarr.engines.gpu.engine import GpuEngine
 
         engine = GpuEngine()
         plan = handle.plan([(slice(0, 30), slice(0, 30))])
@@ -249,7 +249,7 @@ def test_corrupt_chunk_named_and_never_reaches_nvcomp(tmp_path: Path) -> None:
 
 
 def _engine():
-    from gpuzarr.engines.gpu import GpuEngine
+    from gpuzarr.engines.gpu.engine import GpuEngine
 
     return GpuEngine()
 
@@ -332,7 +332,7 @@ def test_concurrent_batches_from_threads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("compressors", [[ZstdCodec(level=3)], [GzipCodec(level=5)], [ZstdCodec(), Crc32cCodec()], None])
 def test_kvikio_reads_straight_into_device_memory(tmp_path: Path, compressors) -> None:
     """Local chunks read by kvikio into one device buffer (GDS or compat mode) decode like zarr's."""
-    from gpuzarr.io.local import DeviceBatch
+    from gpuzarr.storage.local import DeviceBatch
 
     rng = np.random.default_rng(11)
     data = rng.integers(0, 1000, (70, 45)).astype("uint16")

@@ -1,7 +1,7 @@
 """The GPU engine's host orchestration, run on the CPU with the device emulated (no GPU needed).
 
 With :mod:`gpu_emulation` installed, ``read_batch(..., device="cuda")`` runs the real
-:class:`gpuzarr.engines.gpu.GpuEngine` — arena layout, Blosc stream tables, nvCOMP
+:class:`gpuzarr.engines.gpu.engine.GpuEngine` — arena layout, Blosc stream tables, nvCOMP
 batching, size checks, fallback, crc32c, gather arguments — against a NumPy-backed CuPy,
 a CPU-decoding nvCOMP and the NumPy kernel mirrors, and must equal zarr-python over the
 codec matrix. It proves the host logic, not the CUDA kernels or nvCOMP themselves
@@ -32,7 +32,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, Transpos
 import gpuzarr
 from gpuzarr.codecs import blosc
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, GpuFallbackError
-from gpuzarr.transform import OutputTransform
+from gpuzarr.plan.transform import OutputTransform
 
 
 @pytest.fixture
@@ -429,7 +429,7 @@ def test_nvcomp_decode_repacks_unaligned_inputs_and_reports_sizes(emu: GpuEmulat
     import lz4.block
     import numcodecs
 
-    from gpuzarr.engines.gpu import GpuEngine
+    from gpuzarr.engines.gpu.engine import GpuEngine
 
     cp = sys.modules["cupy"]
     rng = np.random.default_rng(11)
@@ -500,7 +500,7 @@ def test_emulation_is_strict_where_the_real_stack_is() -> None:
             codec.decode(nvcomp.as_arrays(buf, [8], [frame.size - 3]), out=nvcomp.as_arrays(buf, [256], [100]))
         result = codec.decode(nvcomp.as_arrays(buf, [8], [frame.size]), out=nvcomp.as_arrays(buf, [256], [160]))
         assert result.buffer_sizes == [100]
-        from gpuzarr.engines import gpu_kernels as K
+        from gpuzarr.engines.gpu import kernels as K
 
         with pytest.raises(TypeError, match="host array"):
             K._function("gather.cu", "copy_segments")((1,), (256,), (dev, np.zeros(1, np.int64), dev,
@@ -511,7 +511,8 @@ def test_emulation_is_strict_where_the_real_stack_is() -> None:
 
 
 def test_emulation_leaves_nothing_behind() -> None:
-    from gpuzarr import _optional, device
+    from gpuzarr import _optional
+    from gpuzarr.engines import device
 
     before_cupy = sys.modules.get("cupy")
     before = _optional.gpu_engine()

@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 
 import gpuzarr
-from gpuzarr.disk_cache import DiskCache
+from gpuzarr.storage.disk_cache import DiskCache
 
 
 def make_array(tmp_path: Path) -> zarr.Array:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuzarr import kernel_mirrors as km
-from gpuzarr.planning import plan_batch
-from gpuzarr.transform import OutputTransform
+from gpuzarr.engines.gpu import mirrors as km
+from gpuzarr.plan.planner import plan_batch
+from gpuzarr.plan.transform import OutputTransform
 
 
 def _one_block(stored: bytes, typesize: int, mode: int, nsplits: int = 1) -> bytes:

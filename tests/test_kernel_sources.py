@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuzarr.engines.gpu_kernels import kernel_source
+from gpuzarr.engines.gpu.kernels import kernel_source
 
 KERNELS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "kernels").glob("*.cu"))
 

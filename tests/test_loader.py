@@ -28,7 +28,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import gpuzarr
 from gpuzarr.errors import CorruptChunkError, RegionError
-from gpuzarr.planning import normalize_regions
+from gpuzarr.plan.planner import normalize_regions
 
 SAMPLERS = settings(max_examples=scaled(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 THREAD_NAME = "gpuzarr-loader"

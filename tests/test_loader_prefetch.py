@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 import gpuzarr
-from gpuzarr.cache import PinnedLRUCache
-from gpuzarr.io.base import ChunkFetcher
+from gpuzarr.storage.base import ChunkFetcher
+from gpuzarr.storage.cache import PinnedLRUCache
 
 
 class CountingFetcher(ChunkFetcher):

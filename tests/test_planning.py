@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import Batch, batches, scaled
 
-from gpuzarr.planning import BatchPlan, normalize_regions, plan_batch
+from gpuzarr.plan.planner import BatchPlan, normalize_regions, plan_batch
 
 PLANNING = settings(
     max_examples=scaled(400),

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuzarr.cache import PinnedLRUCache
-from gpuzarr.disk_cache import CachingFetcher
-from gpuzarr.io.local import LocalFileFetcher
-from gpuzarr.prefetch import PlannedPrefetcher, Prefetcher, StridePrefetcher
+from gpuzarr.storage.cache import PinnedLRUCache
+from gpuzarr.storage.disk_cache import CachingFetcher
+from gpuzarr.storage.local import LocalFileFetcher
+from gpuzarr.storage.prefetch import PlannedPrefetcher, Prefetcher, StridePrefetcher
 
 
 def prefetch_threads() -> list[threading.Thread]:

@@ -107,7 +107,7 @@ def test_readahead_needs_a_cache_and_survives_pickling(array: zarr.Array) -> Non
 
 
 def test_group_members_inherit_cache_disk_tier_and_readahead(tmp_path: Path) -> None:
-    from gpuzarr.disk_cache import CachingFetcher, DiskCache
+    from gpuzarr.storage.disk_cache import CachingFetcher, DiskCache
 
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     data = np.arange(64 * 40, dtype="uint16").reshape(64, 40)

@@ -15,9 +15,9 @@ from s3_server import S3Server, s3_server  # noqa: F401 - fixture
 
 import gpuzarr
 from gpuzarr.errors import FetchError, GpuzarrError
-from gpuzarr.io.base import ByteRange, SuffixRange
-from gpuzarr.io.remote import RemoteFetcher
-from gpuzarr.io.select import make_fetcher
+from gpuzarr.storage.base import ByteRange, SuffixRange
+from gpuzarr.storage.remote import RemoteFetcher
+from gpuzarr.storage.select import make_fetcher
 
 
 def direct_options(server: S3Server) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import zarr
 from zarr.storage import MemoryStore, ZipStore
 
 import gpuzarr
-from gpuzarr.io.store import ZarrStoreFetcher
+from gpuzarr.storage.zarr_store import ZarrStoreFetcher
 
 
 @pytest.mark.parametrize("shards", [None, (14, 14)])

@@ -24,7 +24,7 @@ into ``typesize`` streams when the DONT_SPLIT flag (0x10) is clear, ``typesize <
 ``blocksize // typesize >= 128`` and it is not the leftover (last, partial) block.
 Byte shuffle applies when flag 0x01 is set and ``typesize > 1``; otherwise bit shuffle
 applies when flag 0x04 is set and ``blocksize >= typesize`` (see
-:func:`gpuzarr.kernel_mirrors.unshuffle_blocks` for the leftover rules).
+:func:`gpuzarr.engines.gpu.mirrors.unshuffle_blocks` for the leftover rules).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.errors import CorruptChunkError
-from gpuzarr.io.base import concatenate_aligned
+from gpuzarr.storage.base import concatenate_aligned
 
 HEADER_BYTES = 16
 VERSION_FORMAT = 2
@@ -449,7 +449,7 @@ def decode_blosc_reference(
     GPU decoder, are decoded by numcodecs as the GPU engine's fallback does. Returns one
     uint8 array per chunk; raises :class:`CorruptChunkError` naming the key on any failure.
     """
-    from gpuzarr.kernel_mirrors import unshuffle_blocks
+    from gpuzarr.engines.gpu.mirrors import unshuffle_blocks
 
     batch = parse_blosc_batch(chunks, keys=keys, array_name=array_name, expected_nbytes=expected_nbytes)
     arena, stream_arena_offset = _decode_streams_cpu(batch, array_name)

@@ -9,7 +9,7 @@ directly, no asyncio, no Buffer wrappers): ``blosc``, ``zstd``, ``gzip``, ``crc3
 ``bytes`` and ``transpose``. Any other codec zarr-python knows (numcodecs.* wrappers,
 ``cast_value``, ``scale_offset``, ...) runs through that codec's own ``_decode_sync``,
 so every codec zarr can read, gpuzarr can read too. Sharding is not a step: the
-planner works on the inner chunk grid and :mod:`gpuzarr.chunk_reader` fetches inner
+planner works on the inner chunk grid and :mod:`gpuzarr.storage.reader` fetches inner
 chunks by byte range, so a :class:`DecodeChain` always decodes one inner chunk.
 """
 
@@ -184,7 +184,7 @@ class DecodeChain:
         ``scratch`` (uint8, ``stored_nbytes`` long) lets the last Blosc step decode in
         place; the result is then a view of ``scratch``, valid until it is reused.
         ``intervals`` (byte ranges of the decoded chunk, see
-        :func:`gpuzarr.planning.piece_byte_intervals`) promise that only those bytes
+        :func:`gpuzarr.plan.planner.piece_byte_intervals`) promise that only those bytes
         will be read, so only the Blosc blocks under them need decoding.
         Any failure (truncated data, bad header, checksum, wrong size) becomes a
         :class:`CorruptChunkError` naming the array and chunk key.

@@ -1,10 +1,10 @@
-"""Engines: the two executors of one :class:`~gpuzarr.planning.BatchPlan`.
+"""Engines: the two executors of one :class:`~gpuzarr.plan.planner.BatchPlan`.
 
 An engine takes the plan, the encoded bytes of each distinct chunk (``None`` for a
 chunk never written) and the array's :class:`~gpuzarr.codecs.chain.DecodeChain`, and
 returns the stacked batch. :mod:`gpuzarr.engines.cpu` uses NumPy and a thread pool;
-:mod:`gpuzarr.engines.gpu` uses nvCOMP, CuPy and the kernels in ``kernels/``.
-Which one runs is decided in exactly one place, :func:`gpuzarr.device.resolve_engine`.
+:mod:`gpuzarr.engines.gpu.engine` uses nvCOMP, CuPy and the kernels in ``kernels/``.
+Which one runs is decided in exactly one place, :func:`gpuzarr.engines.device.resolve_engine`.
 
 Engine interface (duck-typed)::
 
@@ -16,6 +16,6 @@ Engine interface (duck-typed)::
     ) -> numpy.ndarray | cupy.ndarray        # shape plan.out_shape (or as transformed)
 
 ``keys[u]`` is the chunk key of ``plan.chunk_coords[u]`` (for error messages);
-``transform`` is an optional :class:`gpuzarr.transform.OutputTransform` (cast,
+``transform`` is an optional :class:`gpuzarr.plan.transform.OutputTransform` (cast,
 per-channel normalisation, layout) fused into assembly.
 """

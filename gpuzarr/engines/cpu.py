@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain
-from gpuzarr.io.base import DeferredRead
-from gpuzarr.planning import BatchPlan, piece_byte_intervals
+from gpuzarr.plan.planner import BatchPlan, piece_byte_intervals
+from gpuzarr.storage.base import DeferredRead
 
 #: chunks smaller than this are always decoded whole (they hold few Blosc blocks)
 PARTIAL_DECODE_MIN_BYTES = 1 << 18
@@ -38,7 +38,7 @@ class CpuEngine:
     """Executes a :class:`BatchPlan` with NumPy and a thread pool."""
 
     name = "cpu"
-    #: chunks may arrive as :class:`~gpuzarr.io.base.DeferredRead`, loaded by the decoding thread
+    #: chunks may arrive as :class:`~gpuzarr.storage.base.DeferredRead`, loaded by the decoding thread
     loads_deferred_reads = True
 
     def takes_device_batches(self, chain: Any) -> bool:

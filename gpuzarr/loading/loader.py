@@ -7,7 +7,7 @@ them into batches and reads each with :meth:`ArrayHandle.read_batch`, keeping up
 training step. Because the whole epoch's regions are known up front, a loader can
 resume mid-epoch from :meth:`Loader.state_dict`, give every rank a disjoint share, and
 (with ``prefetch_chunks``) fetch exactly the encoded chunks of the next batches into the
-array's cache ahead of time (:class:`gpuzarr.prefetch.PlannedPrefetcher`), which hides
+array's cache ahead of time (:class:`gpuzarr.storage.prefetch.PlannedPrefetcher`), which hides
 storage latency such as S3's.
 """
 
@@ -255,7 +255,7 @@ class Loader:
         """A planned prefetcher over the chunks of the upcoming batches (``prefetch_chunks`` > 0)."""
         if not self.prefetch_chunks:
             return None
-        from gpuzarr.prefetch import PlannedPrefetcher
+        from gpuzarr.storage.prefetch import PlannedPrefetcher
 
         array = self.array
         upcoming = self._schedule()  # a second walk of the same schedule, running ahead of the reads

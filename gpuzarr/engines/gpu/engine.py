@@ -1,6 +1,6 @@
 """GPU engine: batched nvCOMP decode, the Blosc unshuffle kernel and one gather launch per batch.
 
-For one :class:`~gpuzarr.planning.BatchPlan` the engine
+For one :class:`~gpuzarr.plan.planner.BatchPlan` the engine
 
 1. concatenates the encoded chunks of the batch on the host (16-byte aligned) and
    uploads them in one copy;
@@ -13,7 +13,7 @@ For one :class:`~gpuzarr.planning.BatchPlan` the engine
    block of the batch;
 4. assembles the batch in one gather launch: the ``bytes`` codec's byte order and the
    ``transpose`` codec's axis order are folded into the gather (byte swap, strides), as
-   are the optional :class:`~gpuzarr.transform.OutputTransform` cast, normalisation and
+   are the optional :class:`~gpuzarr.plan.transform.OutputTransform` cast, normalisation and
    layout.
 
 A chunk that fails any host check raises :class:`CorruptChunkError` naming its key and
@@ -37,12 +37,12 @@ import numpy as np
 from gpuzarr import _optional
 from gpuzarr.codecs import blosc
 from gpuzarr.codecs.chain import BloscStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
-from gpuzarr.engines import gpu_kernels as K
+from gpuzarr.engines.gpu import kernels as K
+from gpuzarr.engines.gpu.mirrors import chunk_strides, gather_layout
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
-from gpuzarr.io.base import BATCH_ALIGN, aligned_slots, concatenate_aligned
-from gpuzarr.io.local import DeviceBatch
-from gpuzarr.kernel_mirrors import chunk_strides, gather_layout
-from gpuzarr.planning import BatchPlan
+from gpuzarr.plan.planner import BatchPlan
+from gpuzarr.storage.base import BATCH_ALIGN, aligned_slots, concatenate_aligned
+from gpuzarr.storage.local import DeviceBatch
 
 ALIGN = BATCH_ALIGN
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -1,10 +1,10 @@
 """Chooses the fetcher for an opened array, once, at open time.
 
-* a local path, ``file://`` URL or zarr ``LocalStore`` → :class:`~gpuzarr.io.local.LocalFileFetcher`
+* a local path, ``file://`` URL or zarr ``LocalStore`` → :class:`~gpuzarr.storage.local.LocalFileFetcher`
 * ``s3://`` / ``http(s)://`` URLs, or a zarr ``FsspecStore`` over s3fs / HTTP →
-  :class:`~gpuzarr.io.remote.RemoteFetcher`
+  :class:`~gpuzarr.storage.remote.RemoteFetcher`
 * any other zarr ``Store`` (memory, zip, object stores, Icechunk ...) →
-  :class:`~gpuzarr.io.store.ZarrStoreFetcher`, which goes through zarr's async API.
+  :class:`~gpuzarr.storage.zarr_store.ZarrStoreFetcher`, which goes through zarr's async API.
 
 Keys handed to the chosen fetcher are relative to the store root.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from gpuzarr.io.base import ChunkFetcher
+from gpuzarr.storage.base import ChunkFetcher
 
 _REMOTE_SCHEMES = ("s3", "s3a", "http", "https")
 
@@ -28,12 +28,12 @@ def _is_remote_url(location: str) -> bool:
 
 def fetcher_for_location(location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> ChunkFetcher:
     """The fetcher for a path or URL of a store root."""
-    from gpuzarr.io.local import LocalFileFetcher
+    from gpuzarr.storage.local import LocalFileFetcher
 
     text = os.fspath(location)
     parsed = urlparse(text)
     if parsed.scheme in _REMOTE_SCHEMES:
-        from gpuzarr.io.remote import RemoteFetcher
+        from gpuzarr.storage.remote import RemoteFetcher
 
         return RemoteFetcher(text, storage_options)
     if parsed.scheme == "file":
@@ -67,18 +67,18 @@ def make_fetcher(store: Any, storage_options: Mapping[str, Any] | None = None) -
 
     from zarr.storage import LocalStore
 
-    from gpuzarr.io.local import LocalFileFetcher
+    from gpuzarr.storage.local import LocalFileFetcher
 
     if isinstance(store, LocalStore):
         return LocalFileFetcher(store.root)
     remote = _fsspec_remote_url(store)
     if remote is not None:
-        from gpuzarr.io.remote import RemoteFetcher
+        from gpuzarr.storage.remote import RemoteFetcher
 
         url, options = remote
         options.update(storage_options or {})
         return RemoteFetcher(url, options)
-    from gpuzarr.io.store import ZarrStoreFetcher
+    from gpuzarr.storage.zarr_store import ZarrStoreFetcher
 
     return ZarrStoreFetcher(store)
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpuzarr.errors import FetchError, RangeNotSatisfiableError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
+from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
 
 
 class ZarrStoreFetcher(ChunkFetcher):

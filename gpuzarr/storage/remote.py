@@ -26,7 +26,7 @@ Device reads (:meth:`RemoteFetcher.fetch_device`) use kvikio's ``RemoteFile`` (l
 parallel range reads straight into a device buffer) when a GPU is usable and kvikio
 was built with remote support; otherwise host reads followed by one host→device copy.
 
-Every read is wrapped in :class:`~gpuzarr.io.retry.RetryPolicy`: 429/5xx, timeouts,
+Every read is wrapped in :class:`~gpuzarr.storage.retry.RetryPolicy`: 429/5xx, timeouts,
 connection resets and short bodies are retried with exponential backoff and jitter;
 a missing key reads as ``None``; bad credentials / access denied / a range past the
 end fail at once; after the budget a :class:`~gpuzarr.errors.FetchError` names the key.
@@ -49,7 +49,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from gpuzarr.errors import DeviceUnavailableError
-from gpuzarr.io.base import (
+from gpuzarr.storage.base import (
     Buffer,
     ByteRange,
     ChunkFetcher,
@@ -59,8 +59,8 @@ from gpuzarr.io.base import (
     concatenate_aligned,
     normalize_request,
 )
-from gpuzarr.io.local import DeviceBatch, cuda_io_usable, range_past_end_error, resolve_extent
-from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
+from gpuzarr.storage.local import DeviceBatch, cuda_io_usable, range_past_end_error, resolve_extent
+from gpuzarr.storage.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -440,7 +440,7 @@ class RemoteFetcher(ChunkFetcher):
         """An obstore exception → the retry policy's vocabulary, naming the key and object."""
         from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
-        from gpuzarr.io.retry import RETRYABLE_HTTP_STATUS, RETRYABLE_S3_CODES, TransientFetchError
+        from gpuzarr.storage.retry import RETRYABLE_HTTP_STATUS, RETRYABLE_S3_CODES, TransientFetchError
 
         text = str(exc)
         summary = text.split("\n\nDebug source")[0].splitlines()[0][:300]
@@ -463,7 +463,7 @@ class RemoteFetcher(ChunkFetcher):
         return PermanentFetchError(f"S3 answered {status} ({code}) for {where}: {summary}")
 
     async def _http_get(self, key: str, byte_range: Range) -> bytes | None:
-        from gpuzarr.io.retry import TransientFetchError
+        from gpuzarr.storage.retry import TransientFetchError
 
         if isinstance(byte_range, ByteRange) and byte_range.length == 0:
             return b""

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from gpuzarr.chunk_reader import make_chunk_reader
-from gpuzarr.device import resolve_engine
+from gpuzarr.engines.device import resolve_engine
 from gpuzarr.errors import ArrayNotFoundError, GpuzarrError, NotAZarrArrayError, UnsupportedCodecError
-from gpuzarr.io.select import make_fetcher
-from gpuzarr.planning import BatchPlan, plan_batch
+from gpuzarr.plan.planner import BatchPlan, plan_batch
+from gpuzarr.storage.reader import make_chunk_reader
+from gpuzarr.storage.select import make_fetcher
 
 if TYPE_CHECKING:
-    from gpuzarr.prefetch import Prefetcher, StridePrefetcher
+    from gpuzarr.storage.prefetch import Prefetcher, StridePrefetcher
 
 
 def _describe_source(source: Any) -> str:
@@ -38,7 +38,7 @@ def _describe_source(source: Any) -> str:
 
 def _split_options(storage_options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(options for zarr's store, options only gpuzarr's fetchers read: retry, concurrency, ...)."""
-    from gpuzarr.io.remote import FETCHER_ONLY_OPTIONS
+    from gpuzarr.storage.remote import FETCHER_ONLY_OPTIONS
 
     ours = {k: v for k, v in storage_options.items() if k in FETCHER_ONLY_OPTIONS}
     return {k: v for k, v in storage_options.items() if k not in ours}, ours
@@ -102,7 +102,7 @@ class ArrayHandle:
         fetcher_options = _split_options(_source[2])[1] if _source is not None else {}
         self.fetcher = make_fetcher(zarr_array.store, fetcher_options)
         if disk_cache is not None:
-            from gpuzarr.disk_cache import CachingFetcher
+            from gpuzarr.storage.disk_cache import CachingFetcher
 
             self.fetcher = CachingFetcher(self.fetcher, disk=disk_cache, array_path=zarr_array.path)
         self.reader, self.chain, self.chunks = make_chunk_reader(
@@ -170,8 +170,8 @@ class ArrayHandle:
 
     # ------------------------------------------------------------ prefetch
     def chunk_prefetcher(self, *, workers: int, max_bytes_in_flight: int = 256 << 20) -> Prefetcher:
-        """A :class:`~gpuzarr.prefetch.Prefetcher` whose keys are chunk coordinates, read into this array's cache."""
-        from gpuzarr.prefetch import Prefetcher
+        """A :class:`~gpuzarr.storage.prefetch.Prefetcher` whose keys are chunk coordinates, read into this array's cache."""
+        from gpuzarr.storage.prefetch import Prefetcher
 
         if self.reader.cache is None:
             raise ValueError(f"{self.name}: prefetching needs the array opened with a cache")
@@ -191,7 +191,7 @@ class ArrayHandle:
         Waiting for the earlier tickets that hold this read's chunks means a chunk being
         prefetched is not fetched a second time by the read itself.
         """
-        from gpuzarr.prefetch import StridePrefetcher
+        from gpuzarr.storage.prefetch import StridePrefetcher
 
         with self._readahead_lock:
             state = self._readahead_state
@@ -293,8 +293,8 @@ def open_array(source: Any, *, path: str | None = None, cache: Any = None, disk_
     ``source`` is a local path, a URL (``s3://bucket/data.zarr``, ``https://...``) or an
     open ``zarr.Array``. ``storage_options`` go to the store (credentials,
     ``endpoint_url``, ``anon``...). ``cache`` is an optional encoded-chunk cache shared
-    between arrays (e.g. :class:`gpuzarr.cache.PinnedLRUCache`); ``disk_cache`` an
-    optional :class:`gpuzarr.disk_cache.DiskCache` kept in front of slow (remote) storage.
+    between arrays (e.g. :class:`gpuzarr.storage.cache.PinnedLRUCache`); ``disk_cache`` an
+    optional :class:`gpuzarr.storage.disk_cache.DiskCache` kept in front of slow (remote) storage.
     ``readahead=N`` (needs ``cache``) is for access outside a :class:`gpuzarr.Loader`
     (which plans its own prefetch): when successive reads move by a constant step through
     the chunk grid (a sequential or strided scan), the chunks of the next ``N`` reads are

@@ -2,7 +2,7 @@
 
 * ``gpuzarr demo`` — write the demo dataset if missing, then read random 4K crops with
   gpuzarr (``device="auto"``) and zarr-python and print crops/s and GB/s.
-* ``gpuzarr bench`` — the full comparison (see :mod:`gpuzarr.bench`): presets ``tiny``,
+* ``gpuzarr bench`` — the full comparison (see :mod:`gpuzarr.tools.bench`): presets ``tiny``,
   ``demo``, ``full``; any dataset path / URL; table, JSON and plots in ``--out``.
 * ``gpuzarr info`` — what is installed and usable, and why a path is or is not taken.
 
@@ -32,7 +32,7 @@ def _parse_crop(text: str) -> tuple[int, int]:
 
 
 def _parse_readers(text: str) -> list[str]:
-    from gpuzarr.bench.readers import READER_CLASSES
+    from gpuzarr.tools.bench.readers import READER_CLASSES
 
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in READER_CLASSES]
@@ -73,8 +73,8 @@ _non_negative_int = _int_at_least(0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gpuzarr`` command."""
-    from gpuzarr.bench.readers import DEFAULT_READERS, READER_CLASSES
-    from gpuzarr.bench.runner import DEFAULT_DATA_DIR, PRESETS
+    from gpuzarr.tools.bench.readers import DEFAULT_READERS, READER_CLASSES
+    from gpuzarr.tools.bench.runner import DEFAULT_DATA_DIR, PRESETS
 
     parser = argparse.ArgumentParser(
         prog="gpuzarr", description="GPU-direct batched reads of Zarr 3 arrays: demo, benchmark, environment report.")
@@ -140,14 +140,14 @@ def _failed(result: dict[str, Any]) -> list[str]:
 def _cache_factory(megabytes: int) -> Any:
     if not megabytes:
         return None
-    from gpuzarr.cache import PinnedLRUCache
+    from gpuzarr.storage.cache import PinnedLRUCache
 
     return lambda: PinnedLRUCache(megabytes * 10**6)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from gpuzarr.bench.report import make_console, render_table, save_outputs
-    from gpuzarr.bench.runner import run_benchmark
+    from gpuzarr.tools.bench.report import make_console, render_table, save_outputs
+    from gpuzarr.tools.bench.runner import run_benchmark
 
     result = run_benchmark(
         args.preset, dataset=args.dataset, array_path=args.array_path, storage_options=dict(args.storage_options),
@@ -157,7 +157,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     files = save_outputs(result, args.out, plots=not args.no_plots)
     if args.json:
-        from gpuzarr.bench.report import dumps_result
+        from gpuzarr.tools.bench.report import dumps_result
 
         print(dumps_result(result))
     else:
@@ -174,8 +174,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gpuzarr.bench.report import make_console, save_outputs, throughput_table
-    from gpuzarr.bench.runner import run_benchmark
+    from gpuzarr.tools.bench.report import make_console, save_outputs, throughput_table
+    from gpuzarr.tools.bench.runner import run_benchmark
 
     console = make_console()
     result = run_benchmark("demo", readers=["gpuzarr", "zarr-python"], frames=args.frames, data_dir=args.data_dir,
@@ -193,7 +193,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from gpuzarr.info import collect_components, info_dict, render_info
+    from gpuzarr.tools.info import collect_components, info_dict, render_info
 
     components = collect_components(timeout_s=args.timeout)
     if args.json:

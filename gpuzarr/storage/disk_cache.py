@@ -16,8 +16,8 @@ hit count, fetch latency). It is meant for remote data that is read over and ove
   the commit; a reader that loses that race just sees a miss.
 * **Least-recently-used eviction** by ``last_access``.
 
-:class:`CachingFetcher` is a :class:`~gpuzarr.io.base.ChunkFetcher` that answers from
-a :class:`~gpuzarr.cache.PinnedLRUCache` (memory tier) and/or a :class:`DiskCache`
+:class:`CachingFetcher` is a :class:`~gpuzarr.storage.base.ChunkFetcher` that answers from
+a :class:`~gpuzarr.storage.cache.PinnedLRUCache` (memory tier) and/or a :class:`DiskCache`
 (disk tier) and fetches only the misses from the wrapped fetcher, filling both tiers.
 Byte ranges are part of the cache key, so shard sub-ranges cache too. Use it to give
 *any* fetcher caching; when the chunk reader already has a memory cache, wrap with the
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuzarr.io.base import Buffer, ChunkFetcher, Range, SuffixRange, normalize_request
+from gpuzarr.storage.base import Buffer, ChunkFetcher, Range, SuffixRange, normalize_request
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -383,7 +383,7 @@ class CachingFetcher(ChunkFetcher):
         return out
 
     def prefetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> None:
-        """Bring keys into the caches without returning them (for :mod:`gpuzarr.prefetch`)."""
+        """Bring keys into the caches without returning them (for :mod:`gpuzarr.storage.prefetch`)."""
         keys = list(keys)
         ranges = list(ranges) if ranges is not None else [None] * len(keys)
         if self.memory is not None and hasattr(self.memory, "contains_many"):

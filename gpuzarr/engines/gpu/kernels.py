@@ -45,7 +45,7 @@ def _raw_kernel_source(name: str) -> str:
     try:
         return importlib.resources.files("gpuzarr._kernels").joinpath(name).read_text()
     except (ModuleNotFoundError, FileNotFoundError, OSError):
-        repo = Path(__file__).resolve().parents[2] / "kernels" / name
+        repo = Path(__file__).resolve().parents[3] / "kernels" / name
         return repo.read_text()
 
 

@@ -2,8 +2,8 @@
 
 :class:`PinnedLRUCache` keeps recently read chunk bytes so that repeated reads (epochs,
 overlapping regions, prefetched batches) skip storage. It sits in front of a
-:class:`~gpuzarr.io.base.ChunkFetcher` inside :class:`gpuzarr.chunk_reader.ChunkReader`
-(or :class:`gpuzarr.disk_cache.CachingFetcher`), and one cache can serve many arrays
+:class:`~gpuzarr.storage.base.ChunkFetcher` inside :class:`gpuzarr.storage.reader.ChunkReader`
+(or :class:`gpuzarr.storage.disk_cache.CachingFetcher`), and one cache can serve many arrays
 and datasets at once because entries are keyed by ``(store_id, array_path, chunk_key)``.
 
 Guarantees:
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuzarr.io.base import Buffer
+from gpuzarr.storage.base import Buffer
 
 CacheKey = tuple[str, str, str]
 

@@ -4,7 +4,7 @@ Each component (CuPy and the CUDA device it sees, the driver, nvCOMP, kvikio and
 compat / GDS mode, NVML, the integrations, the other readers the benchmark compares
 against) is probed once and reported as usable or "not usable: <reason>". Availability
 comes from :mod:`gpuzarr._optional` and the device ``"auto"`` resolves to from
-:mod:`gpuzarr.device`, so this report and the engines can never disagree.
+:mod:`gpuzarr.engines.device`, so this report and the engines can never disagree.
 
 Every probe runs on a daemon thread with a time limit, so a broken driver stack makes a
 line say "timed out" instead of hanging the command. :func:`collect_environment` is the
@@ -114,7 +114,7 @@ def _probe_import(name: str, module: str) -> Callable[[], Component]:
 
 
 def _probe_s3_client(name: str, role: str) -> Callable[[], Component]:
-    """One of the S3 clients :class:`gpuzarr.io.remote.RemoteFetcher` can use, and when it is used."""
+    """One of the S3 clients :class:`gpuzarr.storage.remote.RemoteFetcher` can use, and when it is used."""
 
     def probe() -> Component:
         found = _probe_import(name, name)()
@@ -192,7 +192,7 @@ def _probe_kvikio() -> Component:
     if not avail:
         return Component("kvikio", False, version, avail.reason)
     device = _optional.cupy_device()
-    if not device:  # kvikio imports without a driver, but its reads cannot run (see io/local.py)
+    if not device:  # kvikio imports without a driver, but its reads cannot run (see storage/local.py)
         return Component("kvikio", False, version,
                          f"imports, but its reads need a CUDA device ({device.reason}); local files use os.pread")
     import kvikio.defaults
@@ -208,7 +208,7 @@ def _probe_kvikio() -> Component:
 
 def _probe_gpu_engine() -> Component:
     from gpuzarr import _optional
-    from gpuzarr.device import resolve_device
+    from gpuzarr.engines.device import resolve_device
 
     avail = _optional.gpu_engine()
     auto = resolve_device("auto")
@@ -232,7 +232,7 @@ def _probe_torch() -> Component:
 
 
 def _probe_nvml() -> Component:
-    from gpuzarr.bench.monitor import nvml_devices
+    from gpuzarr.tools.bench.monitor import nvml_devices
 
     version = distribution_version("nvidia-ml-py")
     if version is None:
@@ -324,7 +324,7 @@ def render_info(components: list[Component], console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from gpuzarr.bench.report import make_console
+    from gpuzarr.tools.bench.report import make_console
 
     console = console or make_console()
     table = Table(title="gpuzarr info", show_lines=False)

@@ -11,7 +11,7 @@ Two read paths, chosen once when the fetcher is built:
   slice of the batch, each read looped until the requested length arrived.
 
 Either way lengths are checked: a read shorter than the file / range it asked for is
-retried by :class:`~gpuzarr.io.retry.RetryPolicy` and never returned; a range past the
+retried by :class:`~gpuzarr.storage.retry.RetryPolicy` and never returned; a range past the
 end of a file is a :class:`~gpuzarr.errors.FetchError` naming the key.
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.errors import FetchError, RangeNotSatisfiableError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, aligned_slots, normalize_request
-from gpuzarr.io.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
+from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, aligned_slots, normalize_request
+from gpuzarr.storage.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
 
 
 @functools.cache

@@ -3,7 +3,7 @@
 A fetcher answers "give me these keys (optionally these byte ranges of them)" for a
 whole batch at once and is free to issue the reads concurrently. It never decodes
 and never caches; caching and shard-index handling live above it
-(:mod:`gpuzarr.chunk_reader`).
+(:mod:`gpuzarr.storage.reader`).
 
 Contract of :meth:`ChunkFetcher.fetch`:
 
@@ -51,7 +51,7 @@ Range = ByteRange | SuffixRange | None
 class DeferredRead:
     """An encoded chunk to be read later, by the thread that decodes it, into that thread's buffer.
 
-    Returned by :meth:`gpuzarr.chunk_reader.ChunkReader.read` with ``deferred=True`` for
+    Returned by :meth:`gpuzarr.storage.reader.ChunkReader.read` with ``deferred=True`` for
     fetchers that can read into a caller's buffer (local files). The CPU engine loads it
     in the same worker that decodes it: the bytes are still in the CPU cache when the
     decoder reads them, and no fresh multi-MB buffer (and its page faults) is needed per

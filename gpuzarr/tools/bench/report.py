@@ -151,7 +151,7 @@ def save_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = T
     if plots and importlib.util.find_spec("matplotlib") is None:
         result["plots_skipped"] = "matplotlib is not installed (pip install 'gpuzarr[bench]')"
     elif plots:
-        from gpuzarr.bench.plots import write_plots
+        from gpuzarr.tools.bench.plots import write_plots
 
         files.update(write_plots(result, out, prefix=prefix))
     files["json"] = str(out / f"bench-{result['preset']}.json")

@@ -1,11 +1,11 @@
 """Chunk coordinates → encoded chunk bytes: key encoding, shard indexes, range coalescing.
 
-This is the layer between the planner and a :class:`~gpuzarr.io.base.ChunkFetcher`.
+This is the layer between the planner and a :class:`~gpuzarr.storage.base.ChunkFetcher`.
 For a plain array a chunk is one store key. For a sharded array the planner works on
 the *inner* chunk grid; this reader maps each inner chunk to its shard key, reads the
 shard index once (then keeps it in a bounded cache), and fetches only the byte ranges
 of the inner chunks it needs, merging ranges that touch into one read. An optional
-encoded-chunk cache (e.g. :class:`gpuzarr.cache.PinnedLRUCache`) sits in front of the
+encoded-chunk cache (e.g. :class:`gpuzarr.storage.cache.PinnedLRUCache`) sits in front of the
 fetcher here, so every engine benefits from it.
 """
 
@@ -21,16 +21,16 @@ import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
 from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
-from gpuzarr.io.base import Buffer, ByteRange, ChunkFetcher, DeferredRead, SuffixRange
+from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredRead, SuffixRange
 
 if TYPE_CHECKING:
-    from gpuzarr.io.local import DeviceBatch
+    from gpuzarr.storage.local import DeviceBatch
 
 _MAX_UINT64 = np.uint64(2**64 - 1)
 
 
 class EncodedChunkCache(Protocol):
-    """What the reader needs of a cache of encoded chunk bytes (see :mod:`gpuzarr.cache`)."""
+    """What the reader needs of a cache of encoded chunk bytes (see :mod:`gpuzarr.storage.cache`)."""
 
     def get_many(self, keys: Sequence[tuple[str, str, str]]) -> list[Buffer | None]: ...
 
@@ -107,7 +107,7 @@ class ChunkReader:
         buffers comes back as a :class:`DeferredRead` for the decoding thread to load.
         With ``to_device=True`` (the GPU engine, for chains it takes that way) and a fetcher
         that reads into GPU memory (kvikio), the whole batch comes back as one
-        :class:`~gpuzarr.io.local.DeviceBatch`, never touching host memory. Both only for
+        :class:`~gpuzarr.storage.local.DeviceBatch`, never touching host memory. Both only for
         unsharded arrays without a cache (a cache holds host bytes to reuse).
         """
         if len(coords) == 0:

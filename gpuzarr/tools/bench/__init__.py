@@ -6,18 +6,18 @@ zarrs in one run, checks each reader's first batch against zarr-python, and repo
 throughput, latency, CPU / GPU utilisation, memory and PCIe traffic as a table, JSON
 and PNG plots. See ``docs/benchmarks.md``.
 
-* :mod:`gpuzarr.bench.runner` — presets, crop lists, the interleaved timing loop, metrics
-* :mod:`gpuzarr.bench.readers` — one class per reader
-* :mod:`gpuzarr.bench.monitor` — psutil and NVML sampler threads
-* :mod:`gpuzarr.bench.report` — terminal tables and JSON
-* :mod:`gpuzarr.bench.plots` — PNG plots
+* :mod:`gpuzarr.tools.bench.runner` — presets, crop lists, the interleaved timing loop, metrics
+* :mod:`gpuzarr.tools.bench.readers` — one class per reader
+* :mod:`gpuzarr.tools.bench.monitor` — psutil and NVML sampler threads
+* :mod:`gpuzarr.tools.bench.report` — terminal tables and JSON
+* :mod:`gpuzarr.tools.bench.plots` — PNG plots
 """
 
 from __future__ import annotations
 
-from gpuzarr.bench.readers import DEFAULT_READERS, READER_CLASSES
-from gpuzarr.bench.report import render_table, save_outputs, throughput_table
-from gpuzarr.bench.runner import PRESETS, Preset, run_benchmark
+from gpuzarr.tools.bench.readers import DEFAULT_READERS, READER_CLASSES
+from gpuzarr.tools.bench.report import render_table, save_outputs, throughput_table
+from gpuzarr.tools.bench.runner import PRESETS, Preset, run_benchmark
 
 __all__ = [
     "DEFAULT_READERS",

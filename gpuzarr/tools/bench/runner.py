@@ -15,8 +15,8 @@ in a single run. Fairness rules:
 Per reader it reports crops/s, decoded / output / compressed GB/s, batch latency
 percentiles, CPU utilisation, peak RSS, cache hit rate (when the reader has a cache)
 and, with NVML, GPU utilisation, memory, PCIe traffic, SM clock and power. The result
-is a JSON-ready dict; :mod:`gpuzarr.bench.report` prints and saves it and
-:mod:`gpuzarr.bench.plots` draws it.
+is a JSON-ready dict; :mod:`gpuzarr.tools.bench.report` prints and saves it and
+:mod:`gpuzarr.tools.bench.plots` draws it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuzarr.bench.monitor import PhaseMarker, ProcessSampler, start_nvml_sampler, usable_cores
-from gpuzarr.bench.readers import (
+from gpuzarr.tools.bench.monitor import PhaseMarker, ProcessSampler, start_nvml_sampler, usable_cores
+from gpuzarr.tools.bench.readers import (
     DEFAULT_READERS,
     READER_CLASSES,
     DatasetSource,
@@ -87,7 +87,7 @@ def crop_regions(
     Axis 0 gets a random integer index when the array has 3+ dimensions (a frame);
     axes between it and the last two are read whole (channels).
     """
-    from gpuzarr.loader import RandomCrops
+    from gpuzarr.loading.loader import RandomCrops
 
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
@@ -140,7 +140,7 @@ class StoredSizes:
 def batch_cost(zarr_array: Any, regions: Sequence[tuple[Any, ...]], sizes: StoredSizes,
                compression_ratio: float) -> BatchCost:
     """Bytes delivered, decoded and read from storage by one batch (via the planner)."""
-    from gpuzarr.planning import plan_batch
+    from gpuzarr.plan.planner import plan_batch
 
     inner_chunks = tuple(int(c) for c in zarr_array.chunks)  # zarr reports inner chunks of a sharded array
     plan = plan_batch(regions, zarr_array.shape, inner_chunks, str(zarr_array.path))
@@ -184,7 +184,7 @@ def describe_array(zarr_array: Any, source: DatasetSource) -> dict[str, Any]:
 def _resolve_source(preset: Preset, dataset: Any, array_path: str | None, data_dir: Path,
                     storage_options: dict[str, Any], frames: int | None, progress: bool) -> DatasetSource:
     if dataset is None:
-        from gpuzarr.demo import ensure_demo_dataset
+        from gpuzarr.tools.demo import ensure_demo_dataset
 
         path = ensure_demo_dataset(data_dir / preset.dataset_name, frames or preset.frames, height=preset.height,
                                    width=preset.width, chunk=preset.chunk, progress=progress)
@@ -314,7 +314,7 @@ def run_benchmark(
     ``readers`` (status, reason, metrics, raw batch times) and a ``timeline`` of
     CPU / GPU samples for plotting.
     """
-    from gpuzarr.info import collect_environment
+    from gpuzarr.tools.info import collect_environment
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")

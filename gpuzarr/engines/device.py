@@ -42,7 +42,7 @@ def _cpu_engine() -> Any:
 
 @functools.cache
 def _gpu_engine(strict: bool) -> Any:
-    from gpuzarr.engines.gpu import GpuEngine
+    from gpuzarr.engines.gpu.engine import GpuEngine
 
     return GpuEngine(strict=strict)
 

@@ -1,0 +1,1 @@
+"""Feeding training loops: samplers (which regions an epoch reads) and the loader core."""

@@ -1,0 +1,1 @@
+"""User-facing tools around the library: the ``gpuzarr`` command line, ``info``, the demo, the benchmark."""
