@@ -473,10 +473,10 @@ def _decode_lz4(data: bytes, capacity: int) -> bytes:
 def _decode_zstd(data: bytes, capacity: int) -> bytes:
     import numcodecs
 
-    from gpuzarr.codecs.blosc import _zstd_content_size
+    from gpuzarr.codecs.blosc import zstd_content_size
 
     try:
-        declared = _zstd_content_size(memoryview(data))
+        declared = zstd_content_size(memoryview(data))
     except ValueError as exc:
         raise RuntimeError(f"Zstd decode failed: {exc}") from None
     if declared is not None and declared > capacity:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from zarr.codecs import BloscCodec
 
 import gpuzarr
-from gpuzarr.codecs.blosc_native import decode_blocks_into, needed_blocks, partial_decode_available
+from gpuzarr.codecs.blosc.partial import decode_blocks_into, needed_blocks, partial_decode_available
 from gpuzarr.engines import cpu as cpu_engine
 from gpuzarr.plan.planner import piece_byte_intervals
 

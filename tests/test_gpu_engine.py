@@ -54,7 +54,7 @@ def test_unshuffle_kernel_matches_mirror() -> None:
     rng = np.random.default_rng(0)
     encs = _blosc_batch(rng)
     batch = blosc.parse_blosc_batch(encs)
-    arena, stream_at = blosc._decode_streams_cpu(batch, "t")
+    arena, stream_at = blosc.decode_streams_cpu(batch, "t")
     out_base = np.concatenate([[0], np.cumsum(batch.chunk_nbytes)])
     block_out = out_base[batch.block_chunk] + batch.block_out_offset
     expected = np.zeros(int(out_base[-1]), dtype=np.uint8)

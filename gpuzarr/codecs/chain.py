@@ -22,7 +22,7 @@ from typing import Any
 import numcodecs
 import numpy as np
 
-from gpuzarr.codecs.blosc_native import decode_blocks_into
+from gpuzarr.codecs.blosc.partial import decode_blocks_into
 from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
 
 try:  # the crc32c package takes any buffer (no copy); zarr itself depends on google-crc32c

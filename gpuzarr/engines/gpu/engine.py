@@ -297,7 +297,7 @@ class GpuEngine:
         for c in range(len(base)):  # header bytes only: a few byte reads per chunk
             view = memoryview(host[base[c]: base[c] + length[c]])
             try:
-                declared = blosc._zstd_content_size(view)
+                declared = blosc.zstd_content_size(view)
             except ValueError as exc:
                 raise CorruptChunkError(f"{array_name}: chunk {keys[c]!r} is not a Zstd frame: {exc}",
                                         array=array_name, key=keys[c]) from None

@@ -7,23 +7,28 @@ only the blocks its pieces touch. The decoder is c-blosc's ``blosc_getitem``, th
 library numcodecs ships, reached through the C symbols its extension module exports
 (ctypes releases the GIL for the call). ``blosc_getitem`` trusts the block table, so the
 blocks to be decoded are checked first: every block start and stream size must lie
-inside the chunk, with the stream count per block following c-blosc 1.21's split rule
-(the same rule :mod:`gpuzarr.codecs.blosc` applies for the GPU path).
+inside the chunk, by the same rules (:mod:`gpuzarr.codecs.blosc.format`) the batch
+parser applies for the GPU path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import struct
 from typing import Any
 
 import numcodecs.blosc
 import numpy as np
 
-_HEADER = 16
-_FLAG_SHUFFLE, _FLAG_MEMCPYED, _FLAG_BITSHUFFLE, _FLAG_DONT_SPLIT = 0x01, 0x02, 0x04, 0x10
-_MIN_BUFFERSIZE, _MAX_SPLITS = 128, 16
+from gpuzarr.codecs.blosc.format import (
+    FLAG_MEMCPYED,
+    HEADER_BYTES,
+    HEADER_DTYPE,
+    block_sizes,
+    read_i32,
+    split_count,
+    walk_streams,
+)
 
 #: decode the whole chunk once at least this fraction of its blocks is needed
 FULL_DECODE_FRACTION = 0.85
@@ -55,29 +60,22 @@ def needed_blocks(intervals: np.ndarray, blocksize: int, nblocks: int) -> np.nda
     return np.cumsum(mask[:nblocks]) > 0
 
 
-def _check_blocks(view: memoryview, blocks: np.ndarray, *, nblocks: int, blocksize: int, nbytes: int,
+def _check_blocks(src: np.ndarray, blocks: np.ndarray, *, nblocks: int, blocksize: int, nbytes: int,
                   typesize: int, flags: int, cbytes: int) -> None:
     """Raise ValueError unless every stream of the given blocks lies inside the chunk."""
-    table_end = _HEADER + 4 * nblocks
+    table_end = HEADER_BYTES + 4 * nblocks
     if table_end > cbytes:
         raise ValueError(f"blosc: {nblocks} block starts do not fit {cbytes} compressed bytes")
-    leftover = nbytes % blocksize
-    may_split = not flags & _FLAG_DONT_SPLIT and typesize <= _MAX_SPLITS
-    for b in blocks.tolist():
-        bsize = leftover if (b == nblocks - 1 and leftover) else blocksize
-        is_leftover = b == nblocks - 1 and leftover > 0
-        nsplits = typesize if (may_split and bsize // typesize >= _MIN_BUFFERSIZE and not is_leftover) else 1
-        (cursor,) = struct.unpack_from("<i", view, _HEADER + 4 * b)
-        if cursor < table_end:
-            raise ValueError(f"blosc: block {b} starts at {cursor}, inside the header or block table")
-        for _ in range(nsplits):
-            if cursor > cbytes - 4:
-                raise ValueError(f"blosc: block {b} has a stream outside the {cbytes}-byte chunk")
-            (csize,) = struct.unpack_from("<i", view, cursor)
-            cursor += 4
-            if csize < 0 or csize > cbytes - cursor:
-                raise ValueError(f"blosc: block {b} has a stream of {csize} bytes outside the {cbytes}-byte chunk")
-            cursor += csize
+    n = len(blocks)
+    size, leftover = block_sizes(blocks, np.full(n, nbytes), np.full(n, blocksize))
+    nsplits = split_count(np.full(n, flags), np.full(n, typesize), size, leftover)
+    bstart = read_i32(src, HEADER_BYTES + 4 * blocks)
+    *_, bad = walk_streams(src, np.zeros(n, dtype=np.int64), bstart, nsplits, np.full(n, cbytes),
+                           np.full(n, table_end), np.ones(n, dtype=bool))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"blosc: block {int(blocks[i])} (start {int(bstart[i])}) starts inside the block table "
+                         f"or has a stream outside the {cbytes}-byte chunk")
 
 
 def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: np.ndarray) -> bool:
@@ -91,9 +89,11 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: np.ndarray
     getitem = _getitem()
     if getitem is None:
         return False
-    flags, typesize = view[2], view[3]
-    nbytes, blocksize, cbytes = struct.unpack_from("<iii", view, 4)
-    if (flags & _FLAG_MEMCPYED or typesize < 1 or blocksize <= 0 or nbytes <= 0
+    src = np.frombuffer(view, dtype=np.uint8)
+    head = src[:HEADER_BYTES].view(HEADER_DTYPE)[0]
+    flags, typesize = int(head["flags"]), int(head["typesize"])
+    nbytes, blocksize, cbytes = int(head["nbytes"]), int(head["blocksize"]), int(head["cbytes"])
+    if (flags & FLAG_MEMCPYED or typesize < 1 or blocksize <= 0 or nbytes <= 0
             or blocksize % typesize or nbytes % typesize):
         return False
     nblocks = -(-nbytes // blocksize)
@@ -102,12 +102,11 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: np.ndarray
     if n_needed >= FULL_DECODE_FRACTION * nblocks:
         return False
     blocks = np.flatnonzero(mask)
-    _check_blocks(view, blocks, nblocks=nblocks, blocksize=blocksize, nbytes=nbytes, typesize=typesize,
+    _check_blocks(src, blocks, nblocks=nblocks, blocksize=blocksize, nbytes=nbytes, typesize=typesize,
                   flags=flags, cbytes=cbytes)
     # runs of consecutive needed blocks → one getitem call each
     starts = blocks[np.r_[True, np.diff(blocks) > 1]]
     stops = blocks[np.r_[np.diff(blocks) > 1, True]] + 1
-    src = np.frombuffer(view, dtype=np.uint8)
     src_ptr = src.ctypes.data
     dest_ptr = dest.ctypes.data
     for b0, b1 in zip(starts.tolist(), stops.tolist(), strict=True):
