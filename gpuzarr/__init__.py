@@ -25,6 +25,7 @@ from gpuzarr.errors import (
     RegionError,
     UnsupportedCodecError,
 )
+from gpuzarr.integrations.zarr_pipeline import GpuzarrCodecPipeline, PipelineFallbackWarning, PipelineUnsupportedError
 from gpuzarr.loading.loader import GridPatches, Loader, RandomCrops
 from gpuzarr.settings import config
 from gpuzarr.storage.cache import PinnedLRUCache
@@ -39,6 +40,7 @@ __all__ = [
     "DeviceUnavailableError",
     "FetchError",
     "GpuFallbackError",
+    "GpuzarrCodecPipeline",
     "GpuzarrError",
     "GpuzarrWarning",
     "GridPatches",
@@ -46,6 +48,8 @@ __all__ = [
     "Loader",
     "NotAZarrArrayError",
     "PinnedLRUCache",
+    "PipelineFallbackWarning",
+    "PipelineUnsupportedError",
     "RandomCrops",
     "RegionError",
     "UnsupportedCodecError",

@@ -1,0 +1,1 @@
+"""Integrations of gpuzarr into other libraries (zarr-python's codec pipeline)."""

@@ -1,0 +1,214 @@
+"""gpuzarr.GpuzarrCodecPipeline: zarr-python reads through gpuzarr equal zarr's own pipeline.
+
+The oracle is zarr's ``BatchedCodecPipeline`` on the same store: hypothesis draws arrays
+(shape, chunks, shards, codecs, dtype, fill value, written region) and selections of every
+indexing mode zarr has, and every read through the plug-in must equal it. The plug-in's
+own counters prove the reads went through gpuzarr rather than its fallback.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zarr.storage import LocalStore, MemoryStore, ZipStore
+
+import gpuzarr
+from gpuzarr.integrations.zarr_pipeline import read_stats
+
+PLUGIN = "gpuzarr.GpuzarrCodecPipeline"
+DEFAULT = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+
+
+def _read(store, selector, path: str, *, pipeline: str):
+    with zarr.config.set({"codec_pipeline.path": pipeline}):
+        arr = zarr.open_array(store=store, mode="r")
+        return selector(arr)
+
+
+COMPRESSORS = {
+    "none": None,
+    "blosc-lz4-shuffle": zarr.codecs.BloscCodec(cname="lz4", shuffle="shuffle", blocksize=256),
+    "blosc-zstd-bitshuffle": zarr.codecs.BloscCodec(cname="zstd", shuffle="bitshuffle"),
+    "zstd": zarr.codecs.ZstdCodec(level=1),
+    "gzip+crc32c": [zarr.codecs.GzipCodec(level=1), zarr.codecs.Crc32cCodec()],
+}
+
+
+@st.composite
+def arrays(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.integers(1, 40)) for _ in range(ndim))
+    inner = tuple(draw(st.integers(1, max(1, s))) for s in shape)
+    sharded = draw(st.booleans())
+    shards = tuple(i * draw(st.integers(1, 3)) for i in inner) if sharded else None
+    dtype = draw(st.sampled_from(["uint8", "int16", "<u2", ">i4", "float32", "float64", "bool"]))
+    comp = draw(st.sampled_from(sorted(COMPRESSORS)))
+    order = draw(st.sampled_from(["C", "F"]))
+    lo = tuple(draw(st.integers(0, s - 1)) for s in shape)
+    hi = tuple(draw(st.integers(a + 1, s)) for a, s in zip(lo, shape, strict=True))
+    seed = draw(st.integers(0, 2**31))
+    return {"shape": shape, "chunks": inner, "shards": shards, "dtype": dtype, "comp": comp, "order": order,
+                "written": tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)), "seed": seed}
+
+
+def _make(spec, store):
+    rng = np.random.default_rng(spec["seed"])
+    dtype = np.dtype(spec["dtype"])
+    fill = np.zeros((), dtype=dtype)[()] if dtype.kind == "b" else np.asarray(7, dtype=dtype)[()]
+    with zarr.config.set({"codec_pipeline.path": DEFAULT, "array.order": spec["order"]}):
+        arr = zarr.create_array(store=store, shape=spec["shape"], chunks=spec["chunks"], shards=spec["shards"],
+                                dtype=dtype, compressors=COMPRESSORS[spec["comp"]], fill_value=fill)
+        region = spec["written"]
+        shape = tuple(s.stop - s.start for s in region)
+        if dtype.kind == "b":
+            data = rng.random(shape) > 0.5
+        elif dtype.kind == "f":
+            data = rng.normal(size=shape).astype(dtype)
+        else:
+            data = rng.integers(0, 100, shape).astype(dtype)
+        arr[region] = data
+    return arr
+
+
+@st.composite
+def selections(draw, shape):
+    kind = draw(st.sampled_from(["basic", "strided", "int", "orthogonal", "vindex", "mask"]))
+    sel = []
+    if kind in ("basic", "int", "strided"):
+        for s in shape:
+            if kind == "int" and draw(st.booleans()):
+                sel.append(draw(st.integers(-s, s - 1)))
+                continue
+            a = draw(st.integers(0, s - 1))
+            b = draw(st.integers(a + 1, s))
+            sel.append(slice(a, b, draw(st.integers(1, 4)) if kind == "strided" else None))
+        return kind, tuple(sel)
+    if kind == "orthogonal":
+        return kind, tuple(np.asarray(draw(st.lists(st.integers(0, s - 1), min_size=1, max_size=5)))
+                           if draw(st.booleans()) else slice(None) for s in shape)
+    if kind == "vindex":
+        n = draw(st.integers(1, 6))
+        return kind, tuple(np.asarray(draw(st.lists(st.integers(0, s - 1), min_size=n, max_size=n))) for s in shape)
+    seed = draw(st.integers(0, 2**31))
+    return kind, np.random.default_rng(seed).random(shape) > 0.6
+
+
+def _apply(kind, sel):
+    if kind == "orthogonal":
+        return lambda a: a.oindex[sel]
+    if kind in ("vindex", "mask"):
+        return lambda a: a.vindex[sel]
+    return lambda a: a[sel]
+
+
+@settings(max_examples=120)
+@given(spec=arrays(), data=st.data())
+def test_reads_equal_zarr(spec, data):
+    store = MemoryStore()
+    _make(spec, store)
+    kind, sel = data.draw(selections(spec["shape"]))
+    select = _apply(kind, sel)
+    expected = _read(store, select, "", pipeline=DEFAULT)
+    before = read_stats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gpuzarr.PipelineFallbackWarning)
+        got = _read(store, select, "", pipeline=PLUGIN)
+    after = read_stats()
+    assert after["reads"] > before["reads"], "the read did not go through gpuzarr"
+    assert after["fallback_reads"] == before["fallback_reads"]
+    assert np.asarray(got).dtype == np.asarray(expected).dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_pipeline_is_registered_and_selected():
+    with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+        arr = zarr.create_array(store=MemoryStore(), shape=(4,), chunks=(2,), dtype="i4")
+        assert isinstance(arr._async_array.codec_pipeline, gpuzarr.GpuzarrCodecPipeline)
+    from importlib.metadata import entry_points
+
+    names = {e.value for e in entry_points(group="zarr.codec_pipeline")}
+    assert "gpuzarr:GpuzarrCodecPipeline" in names
+
+
+def test_missing_chunks_and_read_missing_chunks_false():
+    store = MemoryStore()
+    with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+        arr = zarr.create_array(store=store, shape=(20, 20), chunks=(5, 5), shards=(10, 10), dtype="i2",
+                                fill_value=-5, config={"read_missing_chunks": False})
+        arr[0:5, 0:5] = 1
+        # shard (0, 0) exists: its unwritten inner chunks fill; shard (1, 1) is missing: an error
+        np.testing.assert_array_equal(arr[0:10, 0:10], np.where(np.add.outer(np.arange(10), 0 * np.arange(10)) < 5,
+                                                                 np.where(np.arange(10) < 5, 1, -5)[None, :], -5))
+        with pytest.raises(zarr.errors.ChunkNotFoundError):
+            arr[:]
+
+
+def test_pickles_and_keeps_reading():
+    store = MemoryStore()
+    with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+        arr = zarr.create_array(store=store, shape=(30, 30), chunks=(10, 10), dtype="f4")
+        arr[:] = np.arange(900, dtype="f4").reshape(30, 30)
+        pipeline = arr._async_array.codec_pipeline
+        clone = pickle.loads(pickle.dumps(pipeline))
+        assert clone == pipeline and list(clone) == list(pipeline)
+        arr2 = pickle.loads(pickle.dumps(arr))
+        np.testing.assert_array_equal(arr2[3:17, 5:29], np.arange(900, dtype="f4").reshape(30, 30)[3:17, 5:29])
+
+
+def test_fallback_warns_once_per_reason_and_strict_raises():
+    store = MemoryStore()
+    with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+        arr = zarr.create_array(store=store, shape=(6,), chunks=(3,), dtype="<U4", fill_value="")
+        arr[:] = np.array(["a", "bb", "ccc", "d", "", "ff"])
+    with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+        gpuzarr.integrations.zarr_pipeline._warned.clear()
+        arr = zarr.open_array(store=store, mode="r")
+        with pytest.warns(gpuzarr.PipelineFallbackWarning, match="not supported"):
+            assert arr[:].tolist() == ["a", "bb", "ccc", "d", "", "ff"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert arr[1:3].tolist() == ["bb", "ccc"]  # same reason: no second warning
+        with zarr.config.set({"codec_pipeline.strict": True}), pytest.raises(gpuzarr.PipelineUnsupportedError):
+            arr[:]
+
+
+def test_corrupt_chunk_names_the_key():
+    store = MemoryStore()
+    with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+        arr = zarr.create_array(store=store, shape=(8, 8), chunks=(4, 4), dtype="u2",
+                                compressors=zarr.codecs.ZstdCodec())
+        arr[:] = 3
+        key = "c/1/0"
+        raw = store._store_dict[key].to_bytes()
+        store._store_dict[key] = type(store._store_dict[key]).from_bytes(raw[: len(raw) // 2])
+        with pytest.raises(gpuzarr.CorruptChunkError, match="c/1/0"):
+            arr[:]
+        np.testing.assert_array_equal(arr[0:4, :], 3)  # other chunks still read
+
+
+@pytest.mark.parametrize("kind", ["local", "zip"])
+def test_local_and_zip_stores(tmp_path, kind):
+    ref = np.arange(64 * 48, dtype="u2").reshape(64, 48)
+    if kind == "local":
+        store = LocalStore(tmp_path / "a.zarr")
+    else:
+        store = ZipStore(tmp_path / "a.zip", mode="w")
+    with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+        arr = zarr.create_array(store=store, shape=ref.shape, chunks=(8, 8), shards=(32, 24), dtype="u2",
+                                compressors=zarr.codecs.BloscCodec(cname="lz4"))
+        arr[:] = ref
+    if kind == "zip":
+        store.close()
+        store = ZipStore(tmp_path / "a.zip", mode="r")
+    before = read_stats()
+    got = _read(store, lambda a: (a[:], a[5:50, 7:40], a.oindex[[0, 63], :]), "", pipeline=PLUGIN)
+    assert read_stats()["reads"] >= before["reads"] + 3
+    np.testing.assert_array_equal(got[0], ref)
+    np.testing.assert_array_equal(got[1], ref[5:50, 7:40])
+    np.testing.assert_array_equal(got[2], ref[[0, 63], :])
