@@ -160,7 +160,7 @@ class ArrayHandle:
         engine = resolve_engine(device, strict=strict)
         encoded = self.reader.read(plan.chunk_coords, deferred=engine.loads_deferred_reads,
                                    to_device=engine.takes_device_batches(self.chain))
-        keys = self.reader.chunk_keys(plan.chunk_coords)
+        keys = self.reader.lazy_chunk_keys(plan.chunk_coords)
         return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
                                           array_name=self.name, transform=transform, out=out)
 

@@ -209,6 +209,40 @@ def array_specs(
     return ArraySpec(dtype, shape, chunks, codec_spec, fill, writes, seed)
 
 
+#: chunk bytes at and above which the CPU engine decodes only the Blosc blocks a batch needs
+PARTIAL_DECODE_BYTES: int = 1 << 18
+
+
+@st.composite
+def large_chunk_specs(draw: st.DrawFn, *, ndim: int | None = None) -> ArraySpec:
+    """A Blosc array whose chunks are at or above the partial-decode threshold (256 KiB), any ndim 1-4.
+
+    Chunks hold several Blosc blocks (a small ``blocksize`` is drawn), the array is a
+    little larger than one chunk on some axes (so edge chunks are partial) and part of
+    it may be left unwritten; every cname, shuffle and byte order can be drawn.
+    """
+    ndim = draw(st.integers(1, 4)) if ndim is None else ndim
+    dtype = draw(st.sampled_from(("uint8", "uint16", "int32", "float32", "float64")))
+    itemsize = np.dtype(dtype).itemsize
+    # a chunk of 2**18 .. 2**19 bytes, its elements spread over ndim axes
+    n_items = draw(st.integers(PARTIAL_DECODE_BYTES, 2 * PARTIAL_DECODE_BYTES)) // itemsize + 1
+    lead_max = {1: 1, 2: 1, 3: 4, 4: 3}[ndim]
+    chunks_l = [draw(st.integers(1, lead_max)) for _ in range(max(ndim - 2, 0))]
+    rest = -(-n_items // int(np.prod(chunks_l, dtype=np.int64)))
+    if ndim == 1:
+        chunks_l = [rest]
+    else:
+        rows = draw(st.integers(16, 512))
+        chunks_l += [rows, -(-rest // rows)]
+    chunks = tuple(chunks_l)
+    shape = tuple(c + draw(st.sampled_from((0, 0, 1, c // 3 + 1))) for c in chunks)
+    codec = BloscCodec(cname=draw(st.sampled_from(BLOSC_CNAMES)), shuffle=draw(st.sampled_from(BLOSC_SHUFFLES)),
+                       clevel=draw(st.integers(1, 5)), blocksize=draw(st.sampled_from((0, 8192, 32768))))
+    codecs = CodecSpec(compressors=(codec,), serializer_endian=draw(st.sampled_from(("little", "big"))))
+    return ArraySpec(dtype, shape, chunks, codecs, draw(fill_values(dtype)), draw(write_boxes(shape)),
+                     draw(st.integers(0, 2**32 - 1)))
+
+
 def make_data(dtype: str, shape: Sequence[int], seed: int) -> np.ndarray:
     """Deterministic values spanning the dtype's range (with a few NaN/inf for floats)."""
     rng = np.random.default_rng(seed)

@@ -40,6 +40,7 @@ from strategies import (
     batches,
     compressor_chains,
     create_zarr_array,
+    large_chunk_specs,
     make_data,
     scaled,
     zarr_reference,
@@ -134,6 +135,16 @@ def test_blosc_every_cname_and_shuffle(scratch: Path, cname: str, shuffle: str, 
     )
     spec = data.draw(array_specs(codecs=codecs, max_dims=3))
     batch = data.draw(batches(spec.shape))
+    check_spec_local(scratch, spec, batch.regions)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3, 4])
+@examples(10)
+@given(data=st.data())
+def test_blosc_chunks_above_partial_decode_threshold(scratch: Path, ndim: int, data: st.DataObject) -> None:
+    """Chunks of 256 KiB and more take the partial-decode path (only the needed Blosc blocks): 2-D included."""
+    spec = data.draw(large_chunk_specs(ndim=ndim))
+    batch = data.draw(batches(spec.shape, max_regions=4))
     check_spec_local(scratch, spec, batch.regions)
 
 
@@ -277,6 +288,32 @@ def test_nothing_written_at_all(scratch: Path) -> None:
         arr = zarr.create_array(str(path), shape=(9, 9), chunks=(4, 4), dtype="float64", fill_value=np.nan)
         handle = gpuzarr.open_array(str(path))
         read_and_compare(handle, arr, [(slice(0, 9), slice(0, 9)), (slice(0, 9), slice(0, 9))], "empty array")
+
+
+@examples(15)
+@given(data=st.data())
+def test_huge_sparse_array_of_more_than_2_63_chunks(scratch: Path, data: st.DataObject) -> None:
+    """A grid of up to 2**120 chunks, a few written near a far-out corner: reads equal zarr's, readahead included."""
+    ndim = data.draw(st.integers(2, 3))
+    chunks = tuple(data.draw(st.integers(1, 4)) for _ in range(ndim))
+    shape = tuple(data.draw(st.sampled_from((2**40, 2**62 - 3))) for _ in range(ndim))
+    corner = tuple(data.draw(st.integers(0, s - 30)) for s in shape)
+    with LocalArray(scratch) as path:
+        arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="int32", fill_value=-5,
+                                compressors=[ZstdCodec(level=1)])
+        box = tuple(slice(c + 2, c + 9) for c in corner)
+        arr[box] = make_data("int32", (7,) * ndim, data.draw(st.integers(0, 99)))
+        extent = tuple(data.draw(st.integers(1, 6)) for _ in range(ndim))
+        regions = [tuple(slice(c + o, c + o + e) for c, o, e in
+                         zip(corner, (data.draw(st.integers(0, 12 - e)) for e in extent), extent, strict=True))
+                   for _ in range(data.draw(st.integers(1, 4)))]
+        read_and_compare(gpuzarr.open_array(str(path)), arr, regions, f"huge {shape} {chunks} {regions}")
+        cache = gpuzarr.PinnedLRUCache(1 << 20)
+        with gpuzarr.open_array(str(path), cache=cache, readahead=2) as handle:
+            for step in range(4):  # a constant-stride scan along the last axis: the detector fires
+                moved = [(*r[:-1], slice(r[-1].start + step * chunks[-1], r[-1].stop + step * chunks[-1]))
+                         for r in regions]
+                read_and_compare(handle, arr, moved, f"huge readahead step {step}")
 
 
 # --------------------------------------------------------------------------- regions

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import Batch, batches, scaled
 
-from gpuzarr.plan.planner import BatchPlan, normalize_regions, plan_batch
+from gpuzarr.errors import RegionError
+from gpuzarr.plan.planner import BatchPlan, bounds_from_tables, chunk_byte_intervals, normalize_regions, plan_batch
 
 PLANNING = settings(
     max_examples=scaled(400),
@@ -202,3 +203,78 @@ def test_chunk_larger_than_array_is_one_chunk() -> None:
     assert plan.n_pieces == 3
     np.testing.assert_array_equal(plan.piece_src_start, [[0, 2]] * 3)
     np.testing.assert_array_equal(plan.piece_extent, [[5, 5]] * 3)
+
+
+@PLANNING
+@given(case=planning_cases())
+def test_table_entry_plans_like_region_tuples(case: tuple[tuple[int, ...], tuple[int, ...], Batch]) -> None:
+    """Start/extent tables (what samplers hand over) plan exactly like the same regions as tuples."""
+    shape, chunks, batch = case
+    from_tuples = plan_batch(list(batch.regions), shape, chunks, "tuples")
+    bounds = bounds_from_tables(batch.starts, np.asarray(batch.region_shape, dtype=np.int64).reshape(len(shape))
+                                if len(batch.starts) else np.zeros(len(shape), np.int64), batch.int_axes, shape, "tables")
+    from_tables = plan_batch(bounds, shape, chunks, "tables")
+    for field in BatchPlan.__dataclass_fields__:
+        a, b = getattr(from_tuples, field), getattr(from_tables, field)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=field)
+        else:
+            assert a == b, field
+
+
+def test_table_entry_names_the_region_that_falls_off() -> None:
+    with pytest.raises(RegionError, match=r"tbl: region 1 \(starts \(5, 8\), stops \(7, 11\)\) is out of bounds"):
+        bounds_from_tables(np.array([[0, 0], [5, 8]]), (2, 3), (), (10, 10), "tbl")
+    with pytest.raises(RegionError, match="extent 1"):
+        bounds_from_tables(np.array([[0, 0]]), (2, 3), (0,), (10, 10), "tbl")
+
+
+@PLANNING
+@given(case=planning_cases(), scale=st.sampled_from([2**21, 2**40, 2**61]))
+def test_grids_of_more_than_2_63_chunks_plan_like_small_ones(
+    case: tuple[tuple[int, ...], tuple[int, ...], Batch], scale: int,
+) -> None:
+    """A huge, sparse array (more chunks than int64 can count) plans by sorting coordinate rows.
+
+    The same batch placed far out in a grid of up to 2**244 chunks gives the same plan,
+    shifted by the offset, as in the small array.
+    """
+    shape, chunks, batch = case
+    if not batch.regions or len(batch.starts) == 0:
+        return
+    small = plan_batch(list(batch.regions), shape, chunks, "small")
+    offset = np.asarray([c * (scale // c if c <= scale else 1) for c in chunks], dtype=np.int64)
+    huge_shape = tuple(int(s + o) for s, o in zip(shape, offset, strict=True))
+    ext = batch.stops[0] - batch.starts[0]
+    bounds = bounds_from_tables(batch.starts + offset, ext, batch.int_axes, huge_shape, "huge")
+    huge = plan_batch(bounds, huge_shape, chunks, "huge")
+    np.testing.assert_array_equal(huge.chunk_coords, small.chunk_coords + offset // np.asarray(chunks))
+    for field in ("chunk_piece_offsets", "piece_chunk", "piece_region", "piece_src_start", "piece_dst_start",
+                  "piece_extent"):
+        np.testing.assert_array_equal(getattr(huge, field), getattr(small, field), err_msg=field)
+
+
+def test_chunk_byte_intervals_cover_every_piece_and_are_merged() -> None:
+    """Per chunk, sorted disjoint byte intervals covering exactly the rows each piece reads (2-D included)."""
+    rng = np.random.default_rng(3)
+    for shape, chunks in (((50,), (16,)), ((30, 41), (8, 16)), ((9, 30, 41), (3, 8, 16)), ((4, 5, 12, 13), (2, 3, 5, 7))):
+        starts = np.stack([rng.integers(0, s - s // 2 + 1, size=12) for s in shape], axis=1)
+        plan = plan_batch(bounds_from_tables(starts, [s // 2 for s in shape], (), shape), shape, chunks)
+        iv, off = chunk_byte_intervals(plan, chunks, 2)
+        assert off[0] == 0 and off[-1] == len(iv) and (np.diff(off) >= 1).all()
+        for u in range(plan.n_chunks):
+            mine = iv[off[u]:off[u + 1]]
+            assert (mine[:, 1] > mine[:, 0]).all() and (mine[1:, 0] > mine[:-1, 1]).all(), "not sorted and merged"
+            covered = np.zeros(int(np.prod(chunks)) * 2, dtype=bool)
+            for a, b in mine.tolist():
+                covered[a:b] = True
+            need = np.zeros(chunks, dtype=bool)
+            for p in range(plan.chunk_piece_offsets[u], plan.chunk_piece_offsets[u + 1]):
+                lo, ext = plan.piece_src_start[p], plan.piece_extent[p]
+                need[tuple(slice(a, a + e) for a, e in zip(lo, ext, strict=True))] = True
+            need_bytes = np.repeat(need.ravel(), 2)
+            assert covered[need_bytes].all(), "a byte a piece reads is not covered"
+            # widened to whole rows at most: nothing outside the rows of the pieces' boxes
+            rows = need.reshape(-1, chunks[-1]).any(axis=1) if len(chunks) > 1 else need
+            allowed = np.repeat(rows, 2 * (chunks[-1] if len(chunks) > 1 else 1))
+            assert not (covered & ~allowed).any(), "an interval covers a row no piece reads"

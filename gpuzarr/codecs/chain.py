@@ -16,6 +16,7 @@ chunks by byte range, so a :class:`DecodeChain` always decodes one inner chunk.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ class BloscStep:
     def decode(self, data: Any) -> Any:
         return numcodecs.blosc.decompress(data)
 
-    def decode_into(self, data: Any, dest: np.ndarray, intervals: np.ndarray | None = None) -> np.ndarray:
+    def decode_into(self, data: Any, dest: np.ndarray, intervals: Any = None) -> np.ndarray:
         """Decode into ``dest`` (uint8, exactly the expected size) after checking the header sizes.
 
         Reusing one destination per thread avoids mapping and faulting in fresh pages
@@ -177,17 +178,19 @@ class DecodeChain:
         """Whether :meth:`decode` can decode only part of a chunk (last step Blosc, stored layout = chunk layout)."""
         return bool(self.bytes_steps) and isinstance(self.bytes_steps[-1], BloscStep) and not self.array_steps
 
-    def decode(self, data: Any, *, key: str = "", array: str = "", scratch: np.ndarray | None = None,
-               intervals: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, data: Any, *, key: str | Callable[[], str] = "", array: str = "",
+               scratch: np.ndarray | None = None, intervals: Any = None) -> np.ndarray:
         """Decode stored bytes into a native-endian array of ``chunk_shape``.
 
         ``scratch`` (uint8, ``stored_nbytes`` long) lets the last Blosc step decode in
         place; the result is then a view of ``scratch``, valid until it is reused.
-        ``intervals`` (byte ranges of the decoded chunk, see
-        :func:`gpuzarr.plan.planner.piece_byte_intervals`) promise that only those bytes
+        ``intervals`` (byte ranges of the decoded chunk: sorted ``[start, stop)`` pairs as
+        :func:`gpuzarr.plan.planner.chunk_byte_intervals` gives them, or an (m, 2) array)
+        promise that only those bytes
         will be read, so only the Blosc blocks under them need decoding.
         Any failure (truncated data, bad header, checksum, wrong size) becomes a
-        :class:`CorruptChunkError` naming the array and chunk key.
+        :class:`CorruptChunkError` naming the array and chunk key (``key`` may be a
+        callable returning it, so the hot path never builds a key no error needs).
         """
         try:
             buf = data
@@ -216,6 +219,7 @@ class DecodeChain:
         except CorruptChunkError:
             raise
         except (ValueError, RuntimeError, OSError, EOFError, zlib.error) as exc:
+            key = key() if callable(key) else key
             raise CorruptChunkError(
                 f"{array}: chunk {key!r} cannot be decoded ({', '.join(self.codec_names)}): {exc}",
                 array=array,

@@ -10,6 +10,8 @@ rebuilt in a forked child (DataLoader workers fork).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -19,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain
-from gpuzarr.plan.planner import BatchPlan, piece_byte_intervals
-from gpuzarr.storage.base import DeferredRead
+from gpuzarr.plan.planner import BatchPlan, chunk_byte_intervals
+from gpuzarr.storage.base import DeferredRead, DeferredReads
 
 #: chunks smaller than this are always decoded whole (they hold few Blosc blocks)
 PARTIAL_DECODE_MIN_BYTES = 1 << 18
@@ -32,6 +34,15 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | None) -> list[tuple]:
+    """One index tuple of slices per piece (``region`` first when given), built from whole-array tables."""
+    lo = start.tolist()
+    hi = (start + extent).tolist()
+    if region is None:
+        return [tuple(map(slice, a, b)) for a, b in zip(lo, hi, strict=True)]
+    return [(r, *map(slice, a, b)) for r, a, b in zip(region.tolist(), lo, hi, strict=True)]
 
 
 class CpuEngine:
@@ -93,46 +104,67 @@ class CpuEngine:
             full = out.reshape(full_shape)
         else:
             full = np.empty(full_shape, dtype=chain.dtype)
-        ndim = len(plan.region_shape)
+        n = plan.n_chunks
+        # every per-piece number as Python ints, converted once per batch (no per-piece NumPy)
         offsets = plan.chunk_piece_offsets.tolist()
-        regions = plan.piece_region.tolist()
-        src_lo = plan.piece_src_start.tolist()
-        dst_lo = plan.piece_dst_start.tolist()
-        ext = plan.piece_extent.tolist()
-        axes = range(ndim)
+        dst_index = _piece_indices(plan.piece_dst_start, plan.piece_extent, plan.piece_region)
+        src_index = _piece_indices(plan.piece_src_start, plan.piece_extent, None)
         scratch_nbytes = chain.stored_nbytes
-        itemsize = chain.dtype.itemsize
-        # decoding only the needed Blosc blocks pays off once a chunk spans several blocks
-        partial = chain.supports_partial_decode and scratch_nbytes >= PARTIAL_DECODE_MIN_BYTES
+        # decoding only the needed Blosc blocks pays off once a chunk spans several blocks;
+        # the byte intervals every chunk's pieces read come from one NumPy pass over the batch
+        intervals = interval_offsets = None
+        if chain.supports_partial_decode and scratch_nbytes >= PARTIAL_DECODE_MIN_BYTES and n:
+            iv, iv_offsets = chunk_byte_intervals(plan, chain.chunk_shape, chain.dtype.itemsize)
+            intervals, interval_offsets = iv.tolist(), iv_offsets.tolist()
+        deferred = encoded if isinstance(encoded, DeferredReads) else None
+        decode = chain.decode
+        input_for = self._input_for
 
         def assemble_chunk(u: int) -> None:
-            data = encoded[u]
-            if isinstance(data, DeferredRead):
-                data = data.load(self._input_for)
-            chunk = None
-            if data is not None:
-                intervals = None
-                if partial:
-                    lo, hi = offsets[u], offsets[u + 1]
-                    intervals = piece_byte_intervals(chain.chunk_shape, itemsize,
-                                                     plan.piece_src_start[lo:hi], plan.piece_extent[lo:hi])
-                chunk = chain.decode(data, key=keys[u], array=array_name, scratch=self._scratch_for(scratch_nbytes),
-                                     intervals=intervals)
-            for p in range(offsets[u], offsets[u + 1]):
-                s, d, e = src_lo[p], dst_lo[p], ext[p]
-                dst = (regions[p], *(slice(d[i], d[i] + e[i]) for i in axes))
-                if chunk is None:
-                    full[dst] = fill_value
-                else:
-                    full[dst] = chunk[tuple(slice(s[i], s[i] + e[i]) for i in axes)]
+            if deferred is not None:
+                data = deferred.load(u, input_for)
+            else:
+                data = encoded[u]
+                if isinstance(data, DeferredRead):
+                    data = data.load(input_for)
+            lo, hi = offsets[u], offsets[u + 1]
+            if data is None:
+                for p in range(lo, hi):
+                    full[dst_index[p]] = fill_value
+                return
+            chunk = decode(data, key=functools.partial(keys.__getitem__, u), array=array_name,
+                           scratch=self._scratch_for(scratch_nbytes),
+                           intervals=None if intervals is None else
+                           intervals[interval_offsets[u]:interval_offsets[u + 1]])
+            for p in range(lo, hi):
+                full[dst_index[p]] = chunk[src_index[p]]
 
-        n = plan.n_chunks
         if n <= 1 or self.workers == 1:
             for u in range(n):
                 assemble_chunk(u)
         else:
-            for _ in self._executor().map(assemble_chunk, range(n)):
-                pass
+            # a few long-lived tasks pulling chunk numbers from one counter (the calling thread is
+            # one of them) instead of one future per chunk: a future costs more than a small chunk's
+            # Python work. ``next`` on itertools.count is atomic under the GIL.
+            counter = itertools.count()
+            failed: list[BaseException] = []
+
+            def drain() -> None:
+                try:
+                    while not failed and (u := next(counter)) < n:
+                        assemble_chunk(u)
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+
+            helpers = [self._executor().submit(drain) for _ in range(min(self.workers, n) - 1)]
+            try:
+                drain()
+            finally:
+                for f in helpers:
+                    f.exception()  # wait for each; the first error is re-raised below
+            if failed:
+                raise failed[0]
         result = full.reshape(plan.out_shape)
         if transform is not None:
             result = transform.apply_reference(result)

@@ -188,6 +188,38 @@ def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_nam
     return RegionBounds(starts=starts, stops=stops, squeeze_axes=int_axes or ())
 
 
+def bounds_from_tables(
+    starts: np.ndarray, extent: Sequence[int] | np.ndarray, squeeze_axes: Sequence[int], shape: Sequence[int],
+    array_name: str = "<array>",
+) -> RegionBounds:
+    """Regions given as tables — what samplers produce — checked against ``shape``, without parsing tuples.
+
+    ``starts`` is (n, ndim) integer starts, ``extent`` the one region shape (ndim,)
+    shared by every region, ``squeeze_axes`` the axes indexed by an integer (extent 1,
+    dropped from the output). The fast twin of :func:`normalize_regions` for regions that
+    already are arrays; raises :class:`RegionError` naming the array and the first
+    region that falls off the array.
+    """
+    shape_a = np.asarray(tuple(int(s) for s in shape), dtype=np.int64)
+    ndim = len(shape_a)
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1, ndim)
+    ext = np.asarray(extent, dtype=np.int64).reshape(ndim)
+    squeeze = tuple(sorted(int(a) for a in squeeze_axes))
+    if any(not 0 <= a < ndim for a in squeeze) or any(ext[a] != 1 for a in squeeze):
+        raise RegionError(f"{array_name}: integer-indexed axes {squeeze} must be axes of extent 1 "
+                          f"(region shape {tuple(ext.tolist())})")
+    if (ext < 0).any():
+        raise RegionError(f"{array_name}: negative region shape {tuple(ext.tolist())}")
+    stops = starts + ext
+    bad = np.flatnonzero(((starts < 0) | (stops > shape_a)).any(axis=1))
+    if bad.size:
+        r = int(bad[0])
+        lo, hi = starts[r].tolist(), stops[r].tolist()
+        raise RegionError(f"{array_name}: region {r} (starts {tuple(lo)}, stops {tuple(hi)}) is out of bounds "
+                          f"for array shape {tuple(shape_a.tolist())}")
+    return RegionBounds(starts=starts, stops=stops, squeeze_axes=squeeze)
+
+
 def plan_batch(
     regions: Sequence[object] | RegionBounds,
     shape: Sequence[int],
@@ -227,15 +259,13 @@ def plan_batch(
     dst_start = lo - starts[r_idx]
     extent = hi - lo
 
-    grid_shape = tuple(int(x) for x in -(-shp // cs))
-    linear = np.ravel_multi_index(tuple(coords.T), grid_shape) if ndim else np.zeros(len(coords), np.int64)
-    uniq, inverse = np.unique(linear, return_inverse=True)
-    chunk_coords = np.stack(np.unravel_index(uniq, grid_shape), axis=1).astype(np.int64) if ndim else (
-        np.zeros((1, 0), dtype=np.int64))
+    # distinct chunks by sorting coordinate rows: never linearised, so a grid of more
+    # than 2**63 chunks (a huge, mostly unwritten volume) plans like any other
+    chunk_coords, inverse = unique_rows(coords)
     order = np.lexsort((r_idx, inverse))
     piece_chunk = inverse[order].astype(np.int64)
-    offsets = np.zeros(len(uniq) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(piece_chunk, minlength=len(uniq)), out=offsets[1:])
+    offsets = np.zeros(len(chunk_coords) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(piece_chunk, minlength=len(chunk_coords)), out=offsets[1:])
     return BatchPlan(
         array_shape=shape,
         chunk_shape=cs_t,
@@ -252,26 +282,100 @@ def plan_batch(
     )
 
 
-def piece_byte_intervals(
-    chunk_shape: Sequence[int], itemsize: int, src_start: np.ndarray, extent: np.ndarray
-) -> np.ndarray:
-    """Byte intervals ``(m, 2)`` of a C-order chunk that cover the given pieces.
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of an (n, k) int64 table in lexicographic order, and each row's index among them.
 
-    Each piece is widened to whole rows of the last axis (one interval per index of the
-    leading axes), which is exact enough for choosing which compressed blocks of the
-    chunk to decode: blocks are far larger than one row.
+    Like ``np.unique(rows, axis=0, return_inverse=True)`` (one stable sort of the rows),
+    without turning a row into one linear index that could overflow int64.
+    """
+    n, k = rows.shape
+    if k == 0:
+        return np.zeros((1 if n else 0, 0), dtype=np.int64), np.zeros(n, dtype=np.int64)
+    order = np.lexsort(rows.T[::-1]) if k > 1 else np.argsort(rows[:, 0], kind="stable")
+    ordered = rows[order]
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return np.ascontiguousarray(ordered[new], dtype=np.int64), inverse
+
+
+def piece_intervals(
+    chunk_shape: Sequence[int], itemsize: int, src_start: np.ndarray, extent: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Byte intervals of a C-order chunk covering each piece, for all pieces at once.
+
+    Returns ``(intervals, piece)``: ``intervals`` (m, 2) int64 ``[start, stop)`` byte
+    offsets, ``piece`` (m,) the row of ``src_start``/``extent`` each belongs to. Each
+    piece is widened to whole rows of the last axis: one interval per index of the
+    axes before the last two (one per piece for 1-D and 2-D chunks), exact enough for
+    choosing which compressed blocks to decode, since blocks are far larger than a row.
+    Pieces of zero extent have none.
     """
     shape = np.asarray(chunk_shape, dtype=np.int64)
     ndim = len(shape)
     src_start = np.asarray(src_start, dtype=np.int64).reshape(-1, ndim)
     extent = np.asarray(extent, dtype=np.int64).reshape(-1, ndim)
-    strides = itemsize * np.concatenate([np.cumprod(shape[::-1])[::-1][1:], [1]]).astype(np.int64)
+    n_pieces = len(src_start)
+    if ndim == 0:
+        return np.zeros((n_pieces, 2), dtype=np.int64) + [0, itemsize], np.arange(n_pieces, dtype=np.int64)
+    strides = np.ones(ndim, dtype=np.int64)
+    strides[:-1] = np.cumprod(shape[::-1])[::-1][1:]
+    strides *= itemsize
+    nonempty = (extent > 0).all(axis=1)
     if ndim == 1:
-        return np.stack([src_start[:, 0] * itemsize, (src_start[:, 0] + extent[:, 0]) * itemsize], axis=1)
+        piece = np.flatnonzero(nonempty)
+        lo = src_start[piece, 0] * itemsize
+        return np.stack([lo, lo + extent[piece, 0] * itemsize], axis=1), piece
     row = ndim - 2
-    parts = []
-    for lo, ext in zip(src_start, extent, strict=True):
-        lead = np.indices(tuple(int(e) for e in ext[:row]), dtype=np.int64).reshape(row, -1).T + lo[:row]
-        base = lead @ strides[:row] if row else np.zeros(1, dtype=np.int64)
-        parts.append(np.stack([base + lo[row] * strides[row], base + (lo[row] + ext[row]) * strides[row]], axis=1))
-    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+    # one interval per index of the leading axes: a mixed-radix counter over each piece's box
+    n_iv = np.where(nonempty, np.prod(extent[:, :row], axis=1), 0)
+    piece = np.repeat(np.arange(n_pieces, dtype=np.int64), n_iv)
+    base = np.zeros(len(piece), dtype=np.int64)
+    if row:
+        first = np.cumsum(n_iv) - n_iv
+        local = np.arange(len(piece), dtype=np.int64) - first[piece]
+        for d in range(row - 1, -1, -1):
+            e = extent[piece, d]
+            base += (src_start[piece, d] + local % e) * strides[d]
+            local //= e
+    lo = base + src_start[piece, row] * strides[row]
+    hi = base + (src_start[piece, row] + extent[piece, row]) * strides[row]
+    return np.stack([lo, hi], axis=1), piece
+
+
+def piece_byte_intervals(
+    chunk_shape: Sequence[int], itemsize: int, src_start: np.ndarray, extent: np.ndarray
+) -> np.ndarray:
+    """Byte intervals ``(m, 2)`` of a C-order chunk that cover the given pieces (see :func:`piece_intervals`)."""
+    return piece_intervals(chunk_shape, itemsize, src_start, extent)[0]
+
+
+def chunk_byte_intervals(plan: BatchPlan, chunk_shape: Sequence[int], itemsize: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every chunk of ``plan``, the merged byte intervals its pieces read, for the whole batch at once.
+
+    Returns ``(intervals, offsets)``: the intervals of chunk ``u`` are
+    ``intervals[offsets[u]:offsets[u+1]]``, sorted and disjoint (overlapping or touching
+    intervals merged), so the Blosc blocks a chunk needs follow from a short walk.
+    """
+    n_chunks = plan.n_chunks
+    iv, piece = piece_intervals(chunk_shape, itemsize, plan.piece_src_start, plan.piece_extent)
+    offsets = np.zeros(n_chunks + 1, dtype=np.int64)
+    if len(iv) == 0:
+        return iv, offsets
+    chunk = plan.piece_chunk[piece]
+    order = np.lexsort((iv[:, 0], chunk))
+    iv, chunk = iv[order], chunk[order]
+    # merge within each chunk: a new interval starts past the furthest end seen so far;
+    # shifting each chunk by its index times the chunk size keeps chunks from merging
+    span = int(np.prod(np.asarray(chunk_shape, dtype=np.int64))) * itemsize + 1
+    shift = chunk * span
+    hi_run = np.maximum.accumulate(iv[:, 1] + shift)
+    new = np.ones(len(iv), dtype=bool)
+    new[1:] = iv[1:, 0] + shift[1:] > hi_run[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(iv)) - 1
+    merged = np.stack([iv[starts, 0], hi_run[ends] - shift[starts]], axis=1)
+    np.cumsum(np.bincount(chunk[starts], minlength=n_chunks), out=offsets[1:])
+    return merged, offsets

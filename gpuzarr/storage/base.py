@@ -66,6 +66,32 @@ class DeferredRead:
         return self.fetcher.read_into(self.key, buffer_for)
 
 
+class DeferredReads(Sequence[DeferredRead]):
+    """The encoded chunks of a batch, each read later by the thread that decodes it (see :class:`DeferredRead`).
+
+    One object per batch rather than one per chunk: ``load(i, buffer_for)`` reads entry ``i``.
+    Indexing still gives a :class:`DeferredRead` for code that wants one.
+    """
+
+    __slots__ = ("fetcher", "keys")
+
+    def __init__(self, fetcher: ChunkFetcher, keys: list[str]) -> None:
+        self.fetcher = fetcher
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [DeferredRead(self.fetcher, k) for k in self.keys[index]]
+        return DeferredRead(self.fetcher, self.keys[index])
+
+    def load(self, index: int, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
+        """Read entry ``index`` into ``buffer_for(size)`` (uint8); ``None`` when its key does not exist."""
+        return self.fetcher.read_into(self.keys[index], buffer_for)
+
+
 def normalize_request(keys: Sequence[str], ranges: Sequence[Range] | None) -> tuple[list[str], list[Range]]:
     """``keys`` and one range per key (``None`` = whole object), checked to line up."""
     keys = list(keys)

@@ -128,6 +128,7 @@ class LocalFileFetcher(ChunkFetcher):
         use_kvikio: bool | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
+        self._root_prefix = str(self.root).rstrip("/") + "/"
         self.store_id = self.root.as_uri()
         self.retry = retry
         self.max_workers = max_workers or min(32, 4 * (os.cpu_count() or 1))
@@ -138,10 +139,11 @@ class LocalFileFetcher(ChunkFetcher):
         self._closed = False
 
     # -- helpers -----------------------------------------------------------------
-    def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
+    def _path(self, key: str) -> str:
+        """The file of ``key`` (a plain string: building ``Path`` objects per chunk is measurable)."""
+        if key.startswith("/") or (".." in key and ".." in key.split("/")):
             raise FetchError(f"chunk key {key!r} escapes the store root {self.root}", key=key)
-        return self.root / key
+        return self._root_prefix + key
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._closed:
@@ -196,7 +198,7 @@ class LocalFileFetcher(ChunkFetcher):
     def _read_slice(self, keys: Sequence[str], ranges: Sequence[Range]) -> list[bytes | None]:
         return [self._read_one(k, r) for k, r in zip(keys, ranges, strict=True)]
 
-    def _plan_extents(self, keys: Sequence[str], ranges: Sequence[Range]) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray]:
+    def _plan_extents(self, keys: Sequence[str], ranges: Sequence[Range]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Paths, offsets-in-file, lengths and presence for every key (one stat each)."""
         paths = [self._path(k) for k in keys]
         file_offsets = np.zeros(len(keys), dtype=np.int64)
@@ -204,14 +206,14 @@ class LocalFileFetcher(ChunkFetcher):
         present = np.zeros(len(keys), dtype=bool)
         for i, (key, path, byte_range) in enumerate(zip(keys, paths, ranges, strict=True)):
             try:
-                size = path.stat().st_size
+                size = os.stat(path).st_size
             except (FileNotFoundError, NotADirectoryError):
                 continue
             file_offsets[i], lengths[i] = resolve_extent(key, size, byte_range)
             present[i] = True
         return paths, file_offsets, lengths, present
 
-    def _kvikio_read_into(self, buffer: Any, keys: Sequence[str], paths: list[Path], file_offsets: np.ndarray,
+    def _kvikio_read_into(self, buffer: Any, keys: Sequence[str], paths: list[str], file_offsets: np.ndarray,
                           lengths: np.ndarray, present: np.ndarray, buffer_offsets: np.ndarray) -> None:
         """Issue every read of the batch at once with kvikio, then check every length."""
         import kvikio

@@ -24,12 +24,16 @@ same keys raises the real error with full context.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from gpuzarr.plan.planner import unique_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +314,10 @@ class StridePrefetcher:
         self.key_of = key_of
         self.depth = depth
         self.confirmations = confirmations
-        self._size = int(np.prod(self.grid_shape)) if self.grid_shape else 1
+        self._size = math.prod(self.grid_shape)
+        # a grid of 2**63 chunks or more (a huge sparse volume) cannot be linearised in int64:
+        # there a read's chunks are compared as coordinate rows, shifted by one vector
+        self._linear = self._size < 2**63
         self._previous: np.ndarray | None = None
         self._delta: int | None = None
         self._streak = 0
@@ -320,14 +327,22 @@ class StridePrefetcher:
     def observe(self, chunk_coords: np.ndarray | Sequence[Sequence[int]]) -> PrefetchTicket | None:
         """Record one read; returns the prefetch ticket when a pattern fired, else ``None``."""
         coords = np.asarray(chunk_coords, dtype=np.int64).reshape(-1, len(self.grid_shape))
-        linear = np.unique(np.ravel_multi_index(coords.T, self.grid_shape)) if len(coords) else np.empty(0, np.int64)
+        if self._linear:
+            linear = np.unique(np.ravel_multi_index(coords.T, self.grid_shape)) if len(coords) else np.empty(0, np.int64)
+        else:
+            linear = unique_rows(coords)[0]
         previous, self._previous = self._previous, linear
         if previous is None or previous.shape != linear.shape or linear.size == 0:
             self._reset()
             return None
         shifts = linear - previous
-        delta = int(shifts[0])
-        if delta == 0 or not np.all(shifts == delta):
+        if self._linear:
+            delta: Any = int(shifts[0])
+            moved = delta != 0
+        else:
+            delta = tuple(shifts[0].tolist())
+            moved = any(delta)
+        if not moved or not np.all(shifts == shifts[0]):
             self._reset()
             return None
         if delta == self._delta:
@@ -342,12 +357,23 @@ class StridePrefetcher:
         self._predicted_up_to = self.depth  # next time, only the step that became new
         if steps.size == 0:
             return None
-        future = (linear[None, :] + steps[:, None] * delta).ravel()
-        future = future[(future >= 0) & (future < self._size)]
-        if future.size == 0:
-            return None
-        coords_ahead = np.stack(np.unravel_index(future, self.grid_shape), axis=1)
+        if self._linear:
+            future = (linear[None, :] + steps[:, None] * delta).ravel()
+            future = future[(future >= 0) & (future < self._size)]
+            if future.size == 0:
+                return None
+            coords_ahead = np.stack(np.unravel_index(future, self.grid_shape), axis=1)
+        else:
+            ahead = (linear[None, :, :] + steps[:, None, None] * np.asarray(delta, dtype=np.int64)).reshape(
+                -1, len(self.grid_shape))
+            coords_ahead = ahead[self._inside(ahead)]
+            if len(coords_ahead) == 0:
+                return None
         return self.prefetcher.submit(self.key_of(tuple(int(c) for c in row)) for row in coords_ahead.tolist())
+
+    def _inside(self, rows: np.ndarray) -> np.ndarray:
+        """Which coordinate rows lie inside the grid."""
+        return ((rows >= 0) & (rows < np.asarray(self.grid_shape, dtype=np.int64))).all(axis=1)
 
     def _reset(self) -> None:
         self._delta = None

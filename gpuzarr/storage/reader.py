@@ -21,7 +21,7 @@ import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
 from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
-from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredRead, SuffixRange
+from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredReads, SuffixRange
 
 if TYPE_CHECKING:
     from gpuzarr.storage.local import DeviceBatch
@@ -37,6 +37,47 @@ class EncodedChunkCache(Protocol):
     def put_many(self, items: Sequence[tuple[tuple[str, str, str], Buffer]]) -> None: ...
 
     def contains_many(self, keys: Sequence[tuple[str, str, str]]) -> list[bool]: ...
+
+
+def _key_format(metadata: Any, prefix: str) -> str | None:
+    """A ``%``-format that turns a coordinate tuple into the store key, or None to ask zarr each time.
+
+    Found by encoding a probe coordinate with zarr's own ``encode_chunk_key`` and
+    replacing its numbers with ``%d``, then checked on a second coordinate; one string
+    format per chunk instead of zarr's encoder (the default and v2 encodings both pass).
+    """
+    try:
+        ndim = len(metadata.shape)
+        probe = tuple(7_000_000_001 + 1_000 * d for d in range(ndim))
+        key = prefix.replace("%", "%%") + metadata.encode_chunk_key(probe).replace("%", "%%")
+        for value in probe:
+            if key.count(str(value)) != 1:
+                return None
+            key = key.replace(str(value), "%d")
+        check = tuple(3 + 11 * d for d in range(ndim))
+        if key % check != prefix + metadata.encode_chunk_key(check):
+            return None
+        return key
+    except Exception:  # noqa: BLE001 - any surprise: fall back to zarr's encoder
+        return None
+
+
+class ChunkKeys(Sequence[str]):
+    """Keys of a batch's chunks, each built only when it is read (in practice: by an error message)."""
+
+    __slots__ = ("_coords", "_reader")
+
+    def __init__(self, reader: ChunkReader, coords: np.ndarray) -> None:
+        self._reader = reader
+        self._coords = coords
+
+    def __len__(self) -> int:
+        return len(self._coords)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self._reader.chunk_keys(self._coords[index])
+        return self._reader.chunk_keys(self._coords[index : index + 1 if index != -1 else None])[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +117,35 @@ class ChunkReader:
         self._index_cache: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
         self._index_cache_size = shard_index_cache_size
         self._index_lock = threading.Lock()
+        self._key_format = _key_format(metadata, self.prefix)
 
     # ----------------------------------------------------------------- keys
     def _store_key(self, coords: Sequence[int]) -> str:
+        fmt = self._key_format
+        if fmt is not None:
+            return fmt % tuple(coords)
         return self.prefix + self.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+
+    def store_keys(self, coords: np.ndarray) -> list[str]:
+        """Store keys (prefix included) of the objects at grid ``coords`` (shards for a sharded array)."""
+        fmt = self._key_format
+        if fmt is not None:
+            return [fmt % tuple(c) for c in coords.tolist()]
+        return [self._store_key(c) for c in coords.tolist()]
 
     def chunk_keys(self, coords: np.ndarray) -> list[str]:
         """Human-readable keys of chunks (inner chunks name their shard and position)."""
         if self.shard is None:
-            return [self._store_key(c) for c in coords.tolist()]
+            return self.store_keys(coords)
         cps = np.asarray(self.shard.chunks_per_shard, dtype=np.int64)
         return [
             f"{self._store_key(s)}[inner {tuple(i)}]"
             for s, i in zip((coords // cps).tolist(), (coords % cps).tolist(), strict=True)
         ]
+
+    def lazy_chunk_keys(self, coords: np.ndarray) -> ChunkKeys:
+        """:meth:`chunk_keys` as a sequence that builds a key only when one is read (an error message)."""
+        return ChunkKeys(self, coords)
 
     # ----------------------------------------------------------------- reads
     def cached(self, coords: np.ndarray) -> list[bool]:
@@ -100,11 +156,12 @@ class ChunkReader:
         return self.cache.contains_many([(store_id, self.array_path, k) for k in self.chunk_keys(coords)])
 
     def read(self, coords: np.ndarray, *, deferred: bool = False,
-             to_device: bool = False) -> list[Buffer | DeferredRead | None] | DeviceBatch:
+             to_device: bool = False) -> list[Buffer | None] | DeferredReads | DeviceBatch:
         """Encoded bytes of each chunk at ``coords`` (U, ndim); ``None`` = never written.
 
-        With ``deferred=True`` (the CPU engine) a plain chunk of a fetcher that reads into
-        buffers comes back as a :class:`DeferredRead` for the decoding thread to load.
+        With ``deferred=True`` (the CPU engine) the plain chunks of a fetcher that reads into
+        buffers come back as one :class:`~gpuzarr.storage.base.DeferredReads` for the
+        decoding threads to load.
         With ``to_device=True`` (the GPU engine, for chains it takes that way) and a fetcher
         that reads into GPU memory (kvikio), the whole batch comes back as one
         :class:`~gpuzarr.storage.local.DeviceBatch`, never touching host memory. Both only for
@@ -114,9 +171,9 @@ class ChunkReader:
             return []
         if self.cache is None and self.shard is None:
             if to_device and self.fetcher.reads_to_device:
-                return self.fetcher.fetch_device([self._store_key(c) for c in coords.tolist()])
+                return self.fetcher.fetch_device(self.store_keys(coords))
             if deferred and self.fetcher.reads_into_buffers:
-                return [DeferredRead(self.fetcher, self._store_key(c)) for c in coords.tolist()]
+                return DeferredReads(self.fetcher, self.store_keys(coords))
         cache_keys = None
         missing_idx = np.arange(len(coords))
         out: list[Buffer | None] = [None] * len(coords)
@@ -141,7 +198,7 @@ class ChunkReader:
 
     def _read_uncached(self, coords: np.ndarray) -> list[Buffer | None]:
         if self.shard is None:
-            return self.fetcher.fetch([self._store_key(c) for c in coords.tolist()])
+            return self.fetcher.fetch(self.store_keys(coords))
         return self._read_inner_chunks(coords)
 
     # ------------------------------------------------------------- sharding

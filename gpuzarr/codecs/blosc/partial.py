@@ -60,6 +60,32 @@ def needed_blocks(intervals: np.ndarray, blocksize: int, nblocks: int) -> np.nda
     return np.cumsum(mask[:nblocks]) > 0
 
 
+def block_runs(intervals: Any, blocksize: int, nblocks: int) -> list[list[int]]:
+    """Runs ``[first, stop)`` of consecutive blocks that byte ``intervals`` overlap.
+
+    ``intervals``: ``[start, stop)`` pairs sorted by start (a list, as the CPU engine
+    passes them, or an (m, 2) array, sorted here). A short walk in Python: a chunk's
+    pieces give it a handful of merged intervals (see
+    :func:`gpuzarr.plan.planner.chunk_byte_intervals`).
+    """
+    if isinstance(intervals, np.ndarray):
+        iv = np.asarray(intervals, dtype=np.int64).reshape(-1, 2)
+        intervals = iv[np.argsort(iv[:, 0], kind="stable")].tolist()
+    runs: list[list[int]] = []
+    for lo, hi in intervals:
+        if hi <= lo:
+            continue
+        b0 = lo // blocksize
+        if b0 >= nblocks:
+            continue
+        b1 = min((hi - 1) // blocksize + 1, nblocks)
+        if runs and b0 <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], b1)
+        else:
+            runs.append([b0, b1])
+    return runs
+
+
 def _check_blocks(src: np.ndarray, blocks: np.ndarray, *, nblocks: int, blocksize: int, nbytes: int,
                   typesize: int, flags: int, cbytes: int) -> None:
     """Raise ValueError unless every stream of the given blocks lies inside the chunk."""
@@ -78,10 +104,11 @@ def _check_blocks(src: np.ndarray, blocks: np.ndarray, *, nblocks: int, blocksiz
                          f"or has a stream outside the {cbytes}-byte chunk")
 
 
-def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: np.ndarray) -> bool:
+def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any) -> bool:
     """Decode the blocks of Blosc chunk ``view`` that ``intervals`` need into ``dest``.
 
-    ``dest`` is the whole decoded chunk (uint8, header-checked size). Bytes outside the
+    ``dest`` is the whole decoded chunk (uint8, header-checked size); ``intervals`` as
+    for :func:`block_runs`. Bytes outside the
     decoded blocks are left as they were. Returns False, having written nothing, when
     decoding the whole chunk is the better (or only) option: partial decode unavailable,
     a memcpyed chunk, sizes that are not whole items, or most blocks needed.
@@ -97,19 +124,18 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: np.ndarray
             or blocksize % typesize or nbytes % typesize):
         return False
     nblocks = -(-nbytes // blocksize)
-    mask = needed_blocks(intervals, blocksize, nblocks)
-    n_needed = int(mask.sum())
+    if nblocks < 2:
+        return False
+    runs = block_runs(intervals, blocksize, nblocks)
+    n_needed = sum(b1 - b0 for b0, b1 in runs)
     if n_needed >= FULL_DECODE_FRACTION * nblocks:
         return False
-    blocks = np.flatnonzero(mask)
+    blocks = np.fromiter((b for b0, b1 in runs for b in range(b0, b1)), dtype=np.int64)
     _check_blocks(src, blocks, nblocks=nblocks, blocksize=blocksize, nbytes=nbytes, typesize=typesize,
                   flags=flags, cbytes=cbytes)
-    # runs of consecutive needed blocks → one getitem call each
-    starts = blocks[np.r_[True, np.diff(blocks) > 1]]
-    stops = blocks[np.r_[np.diff(blocks) > 1, True]] + 1
     src_ptr = src.ctypes.data
     dest_ptr = dest.ctypes.data
-    for b0, b1 in zip(starts.tolist(), stops.tolist(), strict=True):
+    for b0, b1 in runs:
         lo = b0 * blocksize
         hi = min(b1 * blocksize, nbytes)
         n_items = (hi - lo) // typesize
