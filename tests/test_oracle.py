@@ -48,6 +48,7 @@ from strategies import (
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
 import gpuzarr
+from gpuzarr.plan.planner import bounds_from_tables
 
 HYPOTHESIS = settings(
     deadline=None,
@@ -288,6 +289,22 @@ def test_nothing_written_at_all(scratch: Path) -> None:
         arr = zarr.create_array(str(path), shape=(9, 9), chunks=(4, 4), dtype="float64", fill_value=np.nan)
         handle = gpuzarr.open_array(str(path))
         read_and_compare(handle, arr, [(slice(0, 9), slice(0, 9)), (slice(0, 9), slice(0, 9))], "empty array")
+
+
+@examples(60)
+@given(case=arrays_with_batches(max_dims=4))
+def test_read_batch_from_start_extent_tables(scratch: Path, case: tuple[ArraySpec, Any]) -> None:
+    """Regions handed over as tables (the samplers' form, no tuples) read the same as zarr-python."""
+    spec, batch = case
+    if not batch.regions:
+        return
+    with LocalArray(scratch) as path:
+        zarr_array = create_zarr_array(spec, str(path))
+        with gpuzarr.open_array(str(path)) as handle:
+            bounds = bounds_from_tables(batch.starts, batch.stops[0] - batch.starts[0], batch.int_axes, spec.shape,
+                                        handle.name)
+            got = handle.read_batch(bounds, device="cpu")
+            assert_same_batch(got, zarr_reference(zarr_array, batch.regions), context=f"{spec} tables {batch}")
 
 
 @examples(15)

@@ -196,7 +196,27 @@ class LocalFileFetcher(ChunkFetcher):
         return self._with_open_file(key, read)
 
     def _read_slice(self, keys: Sequence[str], ranges: Sequence[Range]) -> list[bytes | None]:
-        return [self._read_one(k, r) for k, r in zip(keys, ranges, strict=True)]
+        """Read each (key, range); consecutive ranges of one key (a shard's inner chunks) share one open."""
+        out: list[bytes | None] = []
+        i, n = 0, len(keys)
+        while i < n:
+            j = i + 1
+            while j < n and keys[j] == keys[i]:
+                j += 1
+            if j - i == 1:
+                out.append(self._read_one(keys[i], ranges[i]))
+            else:
+                out.extend(self._read_ranges(keys[i], ranges[i:j]))
+            i = j
+        return out
+
+    def _read_ranges(self, key: str, ranges: Sequence[Range]) -> list[bytes | None]:
+        def read(fd: int, size: int) -> list[bytes]:
+            extents = [resolve_extent(key, size, r) for r in ranges]
+            return [_pread_exact(fd, length, offset, key) for offset, length in extents]
+
+        got = self._with_open_file(key, read)
+        return [None] * len(ranges) if got is None else got
 
     def _plan_extents(self, keys: Sequence[str], ranges: Sequence[Range]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Paths, offsets-in-file, lengths and presence for every key (one stat each)."""

@@ -79,6 +79,9 @@ class ChunkKeys(Sequence[str]):
             return self._reader.chunk_keys(self._coords[index])
         return self._reader.chunk_keys(self._coords[index : index + 1 if index != -1 else None])[0]
 
+    def __iter__(self) -> Any:  # all of them (e.g. the GPU engine's batch parser): built in one go
+        return iter(self._reader.chunk_keys(self._coords))
+
 
 @dataclass(frozen=True, slots=True)
 class ShardLayout:
