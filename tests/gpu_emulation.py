@@ -319,10 +319,6 @@ class FakeDevice:
         return self.id
 
 
-def _raw_module(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("GPU emulation: CUDA sources cannot be compiled here (kernels run as NumPy mirrors)")
-
-
 def _asarray(obj: Any, dtype: Any = None, order: Any = None) -> FakeDeviceArray:
     if isinstance(obj, FakeDeviceArray):
         return obj if dtype is None or np.dtype(dtype) == obj.dtype else obj.astype(dtype)
@@ -361,8 +357,6 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
     cp.ascontiguousarray = lambda a, dtype=None: (a if isinstance(a, FakeDeviceArray) and a.flags.c_contiguous
                                                   else _asarray(np.ascontiguousarray(_asnumpy(a)), dtype))
     cp.asnumpy = _asnumpy
-    cp.RawModule = _raw_module
-    cp.RawKernel = _raw_module
 
     cuda = types.ModuleType("cupy.cuda")
     cuda.get_current_stream = get_current_stream
@@ -649,36 +643,40 @@ def _host(arg: FakeDeviceArray, n: int | None = None) -> np.ndarray:
     return arg._a if n is None else arg._a[:n]
 
 
-def _run_unshuffle(emu: GpuEmulation, grid: Any, block: Any, args: tuple[Any, ...]) -> None:
-    arena, soff, first, nsplits, size, ts, mode, out_off, tiles, n_blocks, _tile_bytes, out = args
+# Oracles: the NumPy mirror of each kernel, run on a copy of the kernel's output argument after the
+# compiled kernel ran; a difference is an AssertionError naming the kernel and the first byte.
+
+
+def _oracle_unshuffle(grid: Any, block: Any, args: tuple[Any, ...], out: np.ndarray) -> None:
+    arena, soff, first, nsplits, size, ts, mode, out_off, tiles, n_blocks, _tile_bytes, _out = args
     n = int(n_blocks)
     if grid[0] != int(tiles._a[n]):
         raise ValueError(f"blosc_unshuffle_blocks: grid {grid} but the tile table ends at {int(tiles._a[n])}")
     km.unshuffle_blocks(arena._a, soff._a, first._a, _host(nsplits, n), _host(size, n), _host(ts, n),
-                        _host(mode, n), _host(out_off, n), out._a)
+                        _host(mode, n), _host(out_off, n), out)
 
 
-def _run_copy_segments(emu: GpuEmulation, grid: Any, block: Any, args: tuple[Any, ...]) -> None:
-    src, so, dst, do, size, tiles, n_segments, _tile = args
+def _oracle_copy_segments(grid: Any, block: Any, args: tuple[Any, ...], out: np.ndarray) -> None:
+    src, so, _dst, do, size, tiles, n_segments, _tile = args
     n = int(n_segments)
     if grid[0] != int(tiles._a[n]):
         raise ValueError(f"copy_segments: grid {grid} but the tile table ends at {int(tiles._a[n])}")
-    km.copy_segments(src._a, _host(so, n), dst._a, _host(do, n), _host(size, n))
+    km.copy_segments(src._a, _host(so, n), out, _host(do, n), _host(size, n))
 
 
-def _run_crc_segments(emu: GpuEmulation, grid: Any, block: Any, args: tuple[Any, ...]) -> None:
-    data, off, length, n_segments, seg_crc = args
+def _oracle_crc_segments(grid: Any, block: Any, args: tuple[Any, ...], out: np.ndarray) -> None:
+    data, off, length, n_segments, _seg_crc = args
     n = int(n_segments)
     lengths = _host(length, n)
     if (lengths > km.CRC32C_SEGMENT).any() or (lengths < 0).any():
         raise ValueError("crc32c_segments: a segment is longer than CRC32C_SEGMENT")
     if grid[0] * block[0] < n:  # one thread per segment
         raise ValueError(f"crc32c_segments: grid {grid} covers fewer than {n} segments")
-    seg_crc._a[:n] = km.crc32c_batch(data._a, _host(off, n), lengths)
+    out[:n] = km.crc32c_batch(data._a, _host(off, n), lengths)
 
 
-def _run_crc_combine(emu: GpuEmulation, grid: Any, block: Any, args: tuple[Any, ...]) -> None:
-    seg_crc, length, start, n_buffers, crc_out = args
+def _oracle_crc_combine(grid: Any, block: Any, args: tuple[Any, ...], out: np.ndarray) -> None:
+    seg_crc, length, start, n_buffers, _crc_out = args
     n = int(n_buffers)
     if grid[0] < n:
         raise ValueError(f"crc32c_combine_segments: grid {grid} has fewer blocks than {n} buffers")
@@ -687,38 +685,74 @@ def _run_crc_combine(emu: GpuEmulation, grid: Any, block: Any, args: tuple[Any, 
         acc = 0
         for s in range(int(starts[u]), int(starts[u + 1])):
             acc = km.crc32c_combine(acc, int(seg_crc._a[s]), int(length._a[s]))
-        crc_out._a[u] = acc
+        out[u] = acc
 
 
-def _record_gather(emu: GpuEmulation, grid: Any, block: Any, args: tuple[Any, ...]) -> None:
-    emu._gather_launched.flag = True
-
-
-_KERNEL_IMPLS: dict[str, Callable[[GpuEmulation, Any, Any, tuple[Any, ...]], None]] = {
-    "blosc_unshuffle_blocks": _run_unshuffle,
-    "copy_segments": _run_copy_segments,
-    "crc32c_segments": _run_crc_segments,
-    "crc32c_combine_segments": _run_crc_combine,
-    "gather_pieces_convert": _record_gather,
+#: kernel → (index of its output argument, mirror writing into a copy of that output)
+_ORACLES: dict[str, tuple[int, Callable[[Any, Any, tuple[Any, ...], np.ndarray], None]]] = {
+    "blosc_unshuffle_blocks": (11, _oracle_unshuffle),
+    "copy_segments": (2, _oracle_copy_segments),
+    "crc32c_segments": (4, _oracle_crc_segments),
+    "crc32c_combine_segments": (4, _oracle_crc_combine),
 }
 
 
-class FakeKernel:
-    """A compiled kernel stand-in: checks the launch against the C signature, then runs the mirror."""
+def _first_difference(got: np.ndarray, want: np.ndarray) -> int:
+    return int(np.flatnonzero(got.view(np.uint8).reshape(-1) != want.view(np.uint8).reshape(-1))[0])
 
-    def __init__(self, emulation: GpuEmulation, name: str) -> None:
+
+class FakeKernel:
+    """A kernel of ``kernels/*.cu`` compiled for the CPU (:mod:`cuda_cpu`), launched with CuPy's arguments.
+
+    Each launch is checked against the C signature (the compiler's, and the hand-kept
+    :data:`KERNEL_SIGNATURES`), runs the compiled kernel on the fake device memory, and then
+    compares its output with the kernel's NumPy mirror (the gather kernels are compared
+    by the :func:`launch_gather` wrapper, from the launcher's own Python arguments).
+    """
+
+    def __init__(self, emulation: GpuEmulation, name: str, compiled: Any) -> None:
         self.name = name
         self._emulation = emulation
-        impl = _record_gather if name.startswith("gather_pieces_copy_") else _KERNEL_IMPLS.get(name)
-        if impl is None:
-            raise AttributeError(f"GPU emulation: no kernel named {name!r}")
-        self._impl = impl
+        self._compiled = compiled
 
     def __call__(self, grid: Any, block: Any, args: tuple[Any, ...], *, shared_mem: int = 0,
                  stream: Any = None) -> None:
-        _check_launch(self.name, grid, block, tuple(args))
+        args = tuple(args)
+        _check_launch(self.name, grid, block, args)
         self._emulation.kernel_launches.append(self.name)
-        self._impl(self._emulation, grid, block, tuple(args))
+        self._emulation.check_stream(self.name, stream)
+        oracle = _ORACLES.get(self.name) if self._emulation.oracles else None
+        expected = None
+        if oracle is not None:
+            expected = args[oracle[0]]._a.copy()
+            oracle[1](grid, block, args, expected)
+        self._compiled(grid, block, args)
+        if self.name.startswith("gather_pieces_"):
+            self._emulation._gather_launched.flag = True
+        if expected is not None:
+            got = args[oracle[0]]._a
+            if not np.array_equal(got.view(np.uint8), expected.view(np.uint8)):
+                raise AssertionError(f"kernel {self.name} (compiled for the CPU) differs from its NumPy mirror "
+                                     f"at byte {_first_difference(got, expected)} of its output")
+
+
+class FakeRawModule:
+    """``cupy.RawModule(code=..., options=...)``: the same source text compiled with g++ (:mod:`cuda_cpu`)."""
+
+    def __init__(self, emulation: GpuEmulation, code: str | None = None, options: tuple[str, ...] = (),
+                 **kwargs: Any) -> None:
+        import cuda_cpu
+
+        if code is None:
+            raise NotImplementedError("GPU emulation: RawModule needs code= (the kernel source)")
+        self._emulation = emulation
+        self._module = cuda_cpu.compile_source(code)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def get_function(self, name: str) -> FakeKernel:
+        return FakeKernel(self._emulation, name, self._module.get_function(name))
 
 
 class _KernelTransform:
@@ -758,7 +792,7 @@ def _make_launch_gather(emu: GpuEmulation, original: Callable[..., None]) -> Cal
         original(plan, chunks, chunk_offset, src_strides, src_dtype, out, sample_size=sample_size,
                  out_strides=out_strides, swap_bytes=swap_bytes, fill_value=fill_value, convert_to=convert_to,
                  channel_axis=channel_axis, mean=mean, inv_std=inv_std, stream=stream)
-        if not emu._gather_launched.flag:
+        if not emu._gather_launched.flag or not emu.oracles:
             return
         src_dtype = np.dtype(src_dtype)
         out_strides = np.asarray(out_strides, dtype=np.int64)
@@ -789,7 +823,13 @@ def _make_launch_gather(emu: GpuEmulation, original: Callable[..., None]) -> Cal
         if out.dtype != expected.dtype or out.size != expected.size:
             raise ValueError(f"launch_gather: out is {out.size} x {out.dtype}, the batch is "
                              f"{expected.size} x {expected.dtype}")
-        out._a.reshape(-1)[...] = expected.reshape(-1)
+        got = out._a.reshape(-1)
+        want = expected.reshape(-1)
+        if not np.array_equal(got, want, equal_nan=got.dtype.kind == "f"):
+            bad = int(np.flatnonzero(~((got == want) | (np.isnan(got) & np.isnan(want)) if got.dtype.kind == "f"
+                                       else got == want))[0])
+            raise AssertionError(f"the gather kernel (compiled for the CPU, driven by launch_gather's tables) "
+                                 f"differs from its NumPy mirror at element {bad}: {got[bad]!r} != {want[bad]!r}")
 
     return launch_gather
 
@@ -919,6 +959,9 @@ class GpuEmulation:
 
     decode_calls: list[DecodeCall] = field(default_factory=list)
     kernel_launches: list[str] = field(default_factory=list)
+    kernel_streams: list[tuple[str, int | None]] = field(default_factory=list)
+    #: compare every kernel's output with its NumPy mirror after the launch
+    oracles: bool = True
     kvikio_reads: list[str] = field(default_factory=list)
     engines: list[Any] = field(default_factory=list)
     _gather_launched: threading.local = field(default_factory=threading.local)
@@ -926,7 +969,21 @@ class GpuEmulation:
     def reset_logs(self) -> None:
         self.decode_calls.clear()
         self.kernel_launches.clear()
+        self.kernel_streams.clear()
         self.kvikio_reads.clear()
+
+    @contextlib.contextmanager
+    def oracles_off(self) -> Iterator[None]:
+        """Launch without comparing to the mirrors (tests over sparse multi-GiB buffers compare a window)."""
+        self.oracles = False
+        try:
+            yield
+        finally:
+            self.oracles = True
+
+    def check_stream(self, what: str, stream: Any) -> None:
+        """Record the stream a kernel was launched on (``None``: CuPy's current stream)."""
+        self.kernel_streams.append((what, getattr(get_current_stream() if stream is None else stream, "ptr", None)))
 
 
 def _clear_caches() -> None:
@@ -977,7 +1034,7 @@ def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmul
         monkeypatch.setattr(_optional, "kvikio",
                             lambda: _optional.Availability(False, "disabled under the GPU emulation"))
         monkeypatch.setattr(local, "cuda_io_usable", lambda: False)
-    monkeypatch.setattr(gpu_kernels, "_function", lambda file, function: FakeKernel(emu, function))
+    cp.RawModule = functools.partial(FakeRawModule, emu)
     monkeypatch.setattr(gpu_kernels, "launch_gather", _make_launch_gather(emu, gpu_kernels.launch_gather))
 
     original_engine_factory = device._gpu_engine.__wrapped__

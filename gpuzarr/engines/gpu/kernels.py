@@ -249,6 +249,8 @@ def launch_gather(
     if ndim > MAX_NDIM:
         raise ValueError(f"the gather kernels support at most {MAX_NDIM} dimensions, not {ndim}")
     _check_buffer("chunks", chunks)
+    if swap_bytes and src_dtype.kind == "c":
+        raise ValueError("the gather kernels swap whole elements: byte-swapped complex data has no GPU path")
     n_pieces = plan.n_pieces
     if n_pieces == 0:
         return
