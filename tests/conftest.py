@@ -5,9 +5,9 @@ with ``pytest -m gpu``; without a usable GPU engine they skip with the reason.
 
 ``GPUZARR_EMULATE_GPU=1 pytest -m gpu`` runs them on the CPU under the GPU emulation of
 :mod:`gpu_emulation` (CuPy, nvCOMP, kvikio and the kernels emulated) for the whole
-session. That proves nothing about CUDA (kernels are their mirrors there), but it runs
-the GPU tests' own code and the engine paths they drive before a GPU machine is spent
-on them.
+session. The kernels run there as the real ``kernels/*.cu`` compiled for the CPU
+(``tests/cuda_cpu``), so the kernel-vs-mirror tests compare real kernel code; nvCOMP and
+kvikio stay emulated (see docs/gpu-validation.md for what that leaves unproven).
 """
 
 from __future__ import annotations

@@ -30,15 +30,18 @@ real behaviour is known; stricter where it is not, and said so):
   a Deflate stream with bytes after its final block raises ``RuntimeError`` too (nvCOMP
   would likely ignore them: stricter). ``buffer_sizes`` of the result report the real
   decoded sizes. Every call is recorded in :attr:`GpuEmulation.decode_calls`.
-* **kernels**: ``gpu_kernels._function`` returns fake kernels that check their launch
-  arguments against the kernel's C signature (``long long`` ↔ ``np.int64``, ``int`` ↔
-  ``np.int32``, ``double`` ↔ ``np.float64``, pointers ↔ device arrays of the pointee
-  type; a host array is a ``TypeError`` as in CuPy) and then run the NumPy mirrors of
-  :mod:`gpuzarr.engines.gpu.mirrors` on the device arrays' memory. The gather kernels record
-  their launch; :func:`gpu_kernels.launch_gather` is wrapped so the real launcher still
-  validates everything, after which :func:`kernel_mirrors.gather_pieces` builds the
-  batch from the launcher's own tables (the layout is read back from ``out_strides`` and
-  checked against :func:`kernel_mirrors.gather_layout`).
+* **kernels**: ``cupy.RawModule(code=...)`` compiles the very text CuPy would get
+  (``kernels/*.cu`` with includes inlined) with g++ through the CUDA-on-CPU harness of
+  :mod:`cuda_cpu`, so every launch runs the real kernel code on the fake device memory.
+  Each launch is checked against the kernel's C signature (the compiler's, and
+  :data:`KERNEL_SIGNATURES`): ``long long`` ↔ ``np.int64``, ``int`` ↔ ``np.int32``,
+  ``double`` ↔ ``np.float64``, pointers ↔ device arrays of the pointee type (a host array
+  is a ``TypeError`` as in CuPy). After the launch the kernel's NumPy mirror
+  (:mod:`gpuzarr.engines.gpu.mirrors`) recomputes the output as an oracle and any
+  difference is an ``AssertionError``; for the gather kernels the oracle is computed from
+  :func:`gpu_kernels.launch_gather`'s own Python arguments (the layout read back from
+  ``out_strides`` and checked against :func:`kernel_mirrors.gather_layout`), so a wrong
+  table, argument order or fill packing in the launcher fails twice over.
 
 * **kvikio** (only with ``install(..., kvikio=True)`` / :func:`gpu_emulation(kvikio=True)`):
   ``CuFile(path, "r").pread(buffer, size, file_offset)`` reads the file with ``os.pread``
@@ -53,8 +56,9 @@ real behaviour is known; stricter where it is not, and said so):
   ``RuntimeError`` from libcurl; the wording here is the emulation's). Remote reads are
   logged as ``"remote device"`` / ``"remote host"``.
 
-What it does not prove: that the CUDA kernels equal their mirrors (``pytest -m gpu``
-checks that), that nvCOMP decodes, aligns, sizes and reports errors as assumed here,
+What it does not prove: that nvcc/NVRTC and the GPU execute the kernels as g++ and the
+fiber scheduler do (warp-level behaviour, memory model, real parallel races beyond what the
+schedules expose), that nvCOMP decodes, aligns, sizes and reports errors as assumed here,
 or anything about streams and asynchrony (every emulated operation is synchronous).
 """
 

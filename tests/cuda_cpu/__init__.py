@@ -16,8 +16,10 @@ or NumPy scalars of exactly the kernel's C type (``long long`` ↔ ``np.int64``,
 ``np.int32``, ``double`` ↔ ``np.float64``); anything else is a ``TypeError``.
 
 Execution (see the header): fibers (default) or OS threads per CUDA thread, blocks in
-turn, in the order of a schedule — ``forward``, ``reverse`` (default) or ``shuffle`` —
-set per call or with ``GPUZARR_CUDA_CPU_SCHEDULE`` / ``GPUZARR_CUDA_CPU_MODE``.
+turn, in the order of a schedule — ``forward``, ``reverse`` or ``shuffle`` (default: threads
+and blocks in a seeded random order, the seed counting launches, so one run is reproducible
+and a missing barrier shows whether the writer is thread 0 or the reader is) — set per call,
+with :func:`execution`, or with ``GPUZARR_CUDA_CPU_SCHEDULE`` / ``GPUZARR_CUDA_CPU_MODE``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import re
 import subprocess
@@ -53,6 +56,7 @@ _NP_TYPES = {"u8": np.uint8, "i8": np.int8, "u16": np.uint16, "i16": np.int16, "
 _KERNEL_MARK = re.compile(r"__gzcpu_kernel__\s+void\s+([A-Za-z_]\w*)\s*\(")
 _lock = threading.Lock()
 _override: dict[str, Any] = {}
+_launch_counter = itertools.count(1)  # default shuffle seed: a different, reproducible order per launch
 
 
 @contextlib.contextmanager
@@ -173,9 +177,9 @@ class CpuKernel:
 
     def __call__(self, grid: Any, block: Any, args: tuple[Any, ...], *, shared_mem: int = 0, stream: Any = None,
                  schedule: str | None = None, mode: str | None = None, seed: int = 0) -> None:
-        schedule = schedule or _override.get("schedule") or os.environ.get("GPUZARR_CUDA_CPU_SCHEDULE", "reverse")
+        schedule = schedule or _override.get("schedule") or os.environ.get("GPUZARR_CUDA_CPU_SCHEDULE", "shuffle")
         mode = mode or _override.get("mode") or os.environ.get("GPUZARR_CUDA_CPU_MODE", "fibers")
-        seed = seed or _override.get("seed", 0)
+        seed = seed or _override.get("seed") or next(_launch_counter)
         g = tuple(int(x) for x in grid) + (1,) * (3 - len(grid))
         b = tuple(int(x) for x in block) + (1,) * (3 - len(block))
         if min(g + b) < 1 or int(np.prod(b)) > 1024:
