@@ -21,10 +21,14 @@
 //   threads           every CUDA thread is an OS thread, __syncthreads is a pthread barrier
 //                     (slow with 2 cores; used by a smaller test to show the same results).
 // Blocks run forward, reversed or shuffled (the schedule), so no kernel may depend on block order.
+// A memory fault (SIGSEGV/SIGBUS) inside a kernel run with fibers ends the launch with an error
+// naming the block and thread instead of killing the process (a GPU reports an illegal address).
 
 #pragma once
 
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <ucontext.h>
 #include <sys/mman.h>
 
@@ -218,6 +222,31 @@ inline void* os_thread_main(ThreadsShared* s, unsigned t) {
     return nullptr;
 }
 
+thread_local sigjmp_buf* tls_fault_jump = nullptr;
+thread_local void* tls_fault_address = nullptr;
+struct sigaction previous_segv, previous_bus;
+
+inline void on_fault(int sig, siginfo_t* info, void*) {
+    if (tls_fault_jump != nullptr) {
+        tls_fault_address = info->si_addr;
+        siglongjmp(*tls_fault_jump, sig);
+    }
+    // not a kernel's fault: put the previous handler back; the instruction faults again and it runs
+    sigaction(sig, sig == SIGSEGV ? &previous_segv : &previous_bus, nullptr);
+}
+
+inline void install_fault_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &previous_segv);
+        sigaction(SIGBUS, &sa, &previous_bus);
+    });
+}
+
 // cfg: grid x,y,z, block x,y,z, mode (0 fibers, 1 threads), schedule (0 forward, 1 reverse, 2 shuffled), seed
 inline int launch(void (*thunk)(void*), void* arg, const long long* cfg, char* err, size_t err_len) {
     static std::mutex launch_lock;  // __shared__ is static storage: one launch at a time per library
@@ -253,11 +282,24 @@ inline int launch(void (*thunk)(void*), void* arg, const long long* cfg, char* e
         tls_block = &b;
         tls_block_dim = bd;
         tls_grid_dim = grid;
-        for (const uint3& blk : blocks) {
-            tls_block_idx = blk;
-            poison_shared();
-            run_block_fibers(b, bd, schedule, rng);
-            if (!b.error.empty()) break;
+        install_fault_handler();
+        sigjmp_buf jump;
+        if (sigsetjmp(jump, 1) != 0) {
+            tls_fault_jump = nullptr;
+            char what[256];
+            std::snprintf(what, sizeof what, "memory fault at address %p in block (%u, %u, %u), thread (%u, %u, %u)",
+                          tls_fault_address, tls_block_idx.x, tls_block_idx.y, tls_block_idx.z, tls_thread_idx.x,
+                          tls_thread_idx.y, tls_thread_idx.z);
+            b.fail(what);
+        } else {
+            tls_fault_jump = &jump;
+            for (const uint3& blk : blocks) {
+                tls_block_idx = blk;
+                poison_shared();
+                run_block_fibers(b, bd, schedule, rng);
+                if (!b.error.empty()) break;
+            }
+            tls_fault_jump = nullptr;
         }
         tls_block = saved_block;
         tls_fiber = -1;

@@ -38,8 +38,8 @@ from gpuzarr import _optional
 from gpuzarr.codecs import blosc
 from gpuzarr.codecs.chain import BloscStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
 from gpuzarr.engines.gpu import kernels as K
-from gpuzarr.engines.gpu.mirrors import chunk_strides, gather_layout
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
+from gpuzarr.plan.layout import chunk_strides, gather_layout
 from gpuzarr.plan.planner import BatchPlan
 from gpuzarr.storage.base import BATCH_ALIGN, aligned_slots, concatenate_aligned
 from gpuzarr.storage.local import DeviceBatch
@@ -54,6 +54,10 @@ def _align_up(x: np.ndarray | int, a: int = ALIGN) -> Any:
 
 
 _slots = aligned_slots
+
+
+def _int64(values: Any) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
 
 
 #: bytes of each chunk's start and end the host reads of a batch that is already on the device:
@@ -218,8 +222,9 @@ class GpuEngine:
         # CUDA stream is created"), so wait for them here rather than rely on implicit
         # ordering; decode() synchronises anyway (no DecompressConfig is passed).
         current.synchronize()
-        srcs = nvcomp.as_arrays(src, [int(x) for x in src_off], [int(x) for x in src_size], cuda_stream=stream)
-        outs = nvcomp.as_arrays(dst, [int(x) for x in dst_off], [int(x) for x in dst_size], cuda_stream=stream)
+        # offset tables go to nvCOMP as lists built by NumPy in C (``tolist``), not by a Python loop per stream
+        srcs = nvcomp.as_arrays(src, _int64(src_off).tolist(), _int64(src_size).tolist(), cuda_stream=stream)
+        outs = nvcomp.as_arrays(dst, _int64(dst_off).tolist(), _int64(dst_size).tolist(), cuda_stream=stream)
         result = codec.decode(srcs, out=outs)
         # BatchArray.buffer_sizes "waits for the work that produced this batch": after it
         # the outputs are complete and kernels on any stream may read them
