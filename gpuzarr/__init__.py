@@ -27,6 +27,7 @@ from gpuzarr.errors import (
 )
 from gpuzarr.integrations.zarr_pipeline import GpuzarrCodecPipeline, PipelineFallbackWarning, PipelineUnsupportedError
 from gpuzarr.loading.loader import GridPatches, Loader, RandomCrops
+from gpuzarr.plan.transform import OutputTransform
 from gpuzarr.settings import config
 from gpuzarr.storage.cache import PinnedLRUCache
 
@@ -47,6 +48,7 @@ __all__ = [
     "GroupHandle",
     "Loader",
     "NotAZarrArrayError",
+    "OutputTransform",
     "PinnedLRUCache",
     "PipelineFallbackWarning",
     "PipelineUnsupportedError",

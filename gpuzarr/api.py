@@ -79,6 +79,15 @@ def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, An
         ) from exc
 
 
+def _cuda_stream(stream: Any) -> Any:
+    """A context that makes ``stream`` (a CuPy stream or a raw ``cudaStream_t``) CuPy's current stream."""
+    if hasattr(stream, "__enter__"):
+        return stream
+    import cupy as cp
+
+    return cp.cuda.ExternalStream(int(stream))
+
+
 class ArrayHandle:
     """One Zarr array, ready for batched reads of equal-shape regions."""
 
@@ -141,19 +150,22 @@ class ArrayHandle:
         transform: Any = None,
         strict: bool = False,
         out: Any = None,
+        stream: Any = None,
     ) -> Any:
         """Read equal-shape ``regions`` and return them stacked: ``(len(regions), *region_shape)``.
 
         ``device``: ``"cpu"`` returns NumPy, ``"cuda"`` CuPy, ``"auto"`` the GPU when one is
         usable. Each chunk the batch touches is fetched and decoded once. Values equal
         zarr-python's ``arr[region]`` for every region. ``transform`` optionally casts,
-        normalises and re-lays out the batch (fused into assembly on the GPU).
+        normalises and re-lays out the batch (fused into assembly on the GPU). ``stream``: a
+        CUDA stream (a CuPy stream, or a raw ``cudaStream_t`` as an int, e.g. a DALI pipeline's)
+        the GPU engine queues its work on; the CPU engine ignores it.
         """
         plan = self.plan(regions)
-        return self.read_plan(plan, device=device, transform=transform, strict=strict, out=out)
+        return self.read_plan(plan, device=device, transform=transform, strict=strict, out=out, stream=stream)
 
     def read_plan(self, plan: BatchPlan, device: str = "auto", *, transform: Any = None,
-                  strict: bool = False, out: Any = None) -> Any:
+                  strict: bool = False, out: Any = None, stream: Any = None) -> Any:
         """Execute a plan made by :meth:`plan` (lets a loader plan ahead and prefetch)."""
         if self.readahead:
             self._readahead(plan.chunk_coords)
@@ -161,6 +173,10 @@ class ArrayHandle:
         encoded = self.reader.read(plan.chunk_coords, deferred=engine.loads_deferred_reads,
                                    to_device=engine.takes_device_batches(self.chain))
         keys = self.reader.lazy_chunk_keys(plan.chunk_coords)
+        if stream is not None and engine.name != "cpu":
+            with _cuda_stream(stream):
+                return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
+                                                  array_name=self.name, transform=transform, out=out)
         return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
                                           array_name=self.name, transform=transform, out=out)
 

@@ -1,175 +1,145 @@
-"""Samplers and the batch loader: which regions to read, and reading them ahead of use.
+"""The batch loader core: cut each rank's epoch into batches and read them ahead of use.
 
-A sampler is a small deterministic object: for an array shape, an epoch, a rank and a
-world size it returns the regions of that epoch for that rank. :class:`Loader` cuts
-them into batches and reads each with :meth:`ArrayHandle.read_batch`, keeping up to
-``prefetch_batches`` batches in flight on a background thread, so decode overlaps the
-training step. Because the whole epoch's regions are known up front, a loader can
-resume mid-epoch from :meth:`Loader.state_dict`, give every rank a disjoint share, and
-(with ``prefetch_chunks``) fetch exactly the encoded chunks of the next batches into the
-array's cache ahead of time (:class:`gpuzarr.storage.prefetch.PlannedPrefetcher`), which hides
-storage latency such as S3's.
+:class:`Loader` is the one scheduling core of gpuzarr. It takes one array or a dict of
+arrays (:class:`~gpuzarr.loading.sources.ArraySet`, with ``scale`` for arrays at other
+resolutions), a sampler (:mod:`gpuzarr.loading.samplers`) and a batch size; for each
+epoch it takes this rank's share of the sampler's regions
+(:mod:`gpuzarr.loading.schedule`: equal shares on every rank, always), cuts it into
+batches and reads each with one ``read_batch`` per array, keeping up to
+``prefetch_batches`` batches in flight on a background thread so decode overlaps the
+training step. Because the whole epoch is known up front, a loader resumes mid-epoch at
+exactly the next sample (:meth:`Loader.state_dict`), and with ``prefetch_chunks`` it
+fetches exactly the encoded chunks of the next batches into the arrays' caches ahead of
+time (:class:`gpuzarr.storage.prefetch.PlannedPrefetcher`), which hides storage latency
+such as S3's. An optional :class:`~gpuzarr.loading.adaptive.AdaptiveBatchSize` changes
+how the share is cut, never which samples it holds.
+
+:class:`gpuzarr.torch.ZarrLoader` is this core with one epoch per iteration and torch
+tensors out; :class:`gpuzarr.dali.ExternalSource` drives the same core for DALI.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from gpuzarr.loading.samplers import DistributedContext, GridPatches, RandomCrops
+from gpuzarr.loading.schedule import EpochShare, Schedule, batch_bounds, batches_per_epoch
+from gpuzarr.loading.sources import ArraySet
 
-from gpuzarr.errors import RegionError
+__all__ = ["DistributedContext", "GridPatches", "Loader", "RandomCrops"]
 
 
 @dataclass(frozen=True, slots=True)
-class DistributedContext:
-    """This process's rank and the world size (torch.distributed, else RANK/WORLD_SIZE, else 0/1)."""
+class Cut:
+    """One batch of the schedule: samples ``lo:hi`` of this rank's share of ``epoch``."""
 
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def detect(cls) -> DistributedContext:
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                return cls(dist.get_rank(), dist.get_world_size())
-        except ImportError:
-            pass
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+    epoch: int
+    lo: int
+    hi: int
 
 
-def _crop_axes(shape: Sequence[int], size: Sequence[int | None]) -> tuple[int, ...]:
-    """Crop extent per axis: ``size`` aligns to the trailing axes; ``None`` means the whole axis."""
-    if len(size) > len(shape):
-        raise RegionError(f"crop size {tuple(size)} has more axes than the array shape {tuple(shape)}")
-    lead = len(shape) - len(size)
-    extent = [0] * lead + [shape[lead + i] if s is None else int(s) for i, s in enumerate(size)]
-    for d in range(lead, len(shape)):
-        if not 0 < extent[d] <= shape[d]:
-            raise RegionError(f"crop size {tuple(size)} does not fit the array shape {tuple(shape)} on axis {d}")
-    return tuple(extent)
+class _Cutter:
+    """The batches from a start point on, cut lazily and remembered, so two walks (reads, chunk prefetch) agree.
 
-
-def _to_regions(starts: np.ndarray, extent: Sequence[int], lead: int) -> list[tuple[Any, ...]]:
-    """Regions from a (n, ndim) start table: axis 0 as an integer when it is a leading axis."""
-    out: list[tuple[Any, ...]] = []
-    for row in starts.tolist():
-        items: list[Any] = []
-        for d, s in enumerate(row):
-            if d == 0 and lead > 0:
-                items.append(s)
-            elif d < lead:
-                items.append(slice(None))
-            else:
-                items.append(slice(s, s + extent[d]))
-        out.append(tuple(items))
-    return out
-
-
-def _shard_for_rank(n: int, rank: int, world_size: int) -> np.ndarray:
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
-    return np.arange(rank, n, world_size)
-
-
-@dataclass(frozen=True)
-class RandomCrops:
-    """Uniformly random crops of ``size`` (aligned to the trailing axes).
-
-    For an array ``(N, C, H, W)`` and ``size=(960, 960)``: a random sample index on
-    axis 0 (dropped from the batch, like an integer index), all of ``C``, and a random
-    960×960 window — batches come out as ``(B, C, 960, 960)``. When ``size`` covers
-    every axis, every axis gets a random window. ``samples_per_epoch`` defaults to the
-    number of non-overlapping crops that fit.
+    With an adaptive controller a batch's size is decided when it is cut; a walk running
+    ahead (chunk prefetch) therefore fixes the sizes of the batches it looks at.
     """
 
-    size: tuple[int | None, ...]
-    seed: int = 0
-    samples_per_epoch: int | None = None
+    def __init__(self, loader: Loader, epochs: range, start: int) -> None:
+        self.loader = loader
+        self.epochs = iter(epochs)
+        self.lock = threading.Lock()
+        self.cuts: dict[int, Cut] = {}
+        self.made = 0
+        self.done = False
+        self.epoch: int | None = None
+        self.pending: list[tuple[int, int]] = []
+        self.next_lo = 0
+        self.n = 0
+        self.first_start = start
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "size", tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,))
-
-    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> list[tuple]:
-        extent = _crop_axes(shape, self.size)
-        lead = len(shape) - len(self.size)
-        n = self.samples_per_epoch
-        if n is None:
-            n = int(np.prod([shape[d] // extent[d] if d >= lead else (shape[0] if d == 0 else 1)
-                             for d in range(len(shape))]))
-        rng = np.random.default_rng([self.seed, epoch])
-        cols = []
-        for d in range(len(shape)):
-            if d >= lead:
-                cols.append(rng.integers(0, shape[d] - extent[d] + 1, size=n))
-            elif d == 0:
-                cols.append(rng.integers(0, shape[0], size=n))
+    def _advance_epoch(self) -> bool:
+        for epoch in self.epochs:
+            self.epoch = epoch
+            self.n = len(self.loader.share(epoch))
+            start, self.first_start = self.first_start, 0
+            if self.loader.adaptive is None:
+                self.pending = batch_bounds(self.n, self.loader.batch_size, self.loader.drop_last, start)
+                self.pending.reverse()
             else:
-                cols.append(np.zeros(n, dtype=np.int64))
-        starts = np.stack(cols, axis=1)[_shard_for_rank(n, rank, world_size)]
-        return _to_regions(starts, extent, lead)
+                self.pending = []
+                self.next_lo = start
+            return True
+        return False
 
+    def _next(self) -> Cut | None:
+        while True:
+            if self.epoch is not None:
+                if self.loader.adaptive is None:
+                    if self.pending:
+                        lo, hi = self.pending.pop()
+                        return Cut(self.epoch, lo, hi)
+                elif self.next_lo < self.n:
+                    lo = self.next_lo
+                    hi = min(self.n, lo + self.loader.adaptive.next_size())
+                    self.next_lo = hi
+                    return Cut(self.epoch, lo, hi)
+            if not self._advance_epoch():
+                return None
 
-@dataclass(frozen=True)
-class GridPatches:
-    """Every window of ``size`` on a regular grid (``stride`` defaults to ``size``), optionally shuffled per epoch.
+    def get(self, ordinal: int) -> Cut | None:
+        with self.lock:
+            while self.made <= ordinal and not self.done:
+                cut = self._next()
+                if cut is None:
+                    self.done = True
+                    break
+                self.cuts[self.made] = cut
+                self.made += 1
+            return self.cuts.get(ordinal)
 
-    Leading axes not covered by ``size`` behave as in :class:`RandomCrops`: axis 0 is
-    enumerated as an integer sample index, the others are taken whole. Windows that
-    would fall off the array's end are not produced.
-    """
-
-    size: tuple[int | None, ...]
-    stride: tuple[int, ...] | None = None
-    shuffle: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "size", tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,))
-
-    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> list[tuple]:
-        extent = _crop_axes(shape, self.size)
-        lead = len(shape) - len(self.size)
-        stride = self.stride or tuple(extent[lead:])
-        axes_starts = []
-        for d in range(len(shape)):
-            if d >= lead:
-                axes_starts.append(np.arange(0, shape[d] - extent[d] + 1, stride[d - lead]))
-            elif d == 0:
-                axes_starts.append(np.arange(shape[0]))
-            else:
-                axes_starts.append(np.zeros(1, dtype=np.int64))
-        grid = np.stack(np.meshgrid(*axes_starts, indexing="ij"), axis=-1).reshape(-1, len(shape))
-        if self.shuffle:
-            grid = grid[np.random.default_rng([self.seed, epoch]).permutation(len(grid))]
-        starts = grid[_shard_for_rank(len(grid), rank, world_size)]
-        return _to_regions(starts, extent, lead)
+    def forget(self, ordinal: int) -> None:
+        with self.lock:
+            self.cuts.pop(ordinal, None)
 
 
 class Loader:
-    """Iterates batches of regions of one array, reading ahead on a background thread.
+    """Iterates batches of regions of one array (or a dict of arrays), reading ahead on a background thread.
 
     ``for batch in Loader(arr, RandomCrops((960, 960), seed=0), batch_size=32, epochs=2)``
-    yields stacked arrays (NumPy or CuPy per ``device``). Deterministic for a given
-    sampler seed, epoch and rank; :meth:`state_dict` / :meth:`load_state_dict` resume
-    at the next unread batch.
+    yields stacked arrays (NumPy or CuPy per ``device``; a dict of them for a dict of
+    arrays). Deterministic for a given sampler seed, epoch and rank; every rank gets the
+    same number of batches (:mod:`gpuzarr.loading.schedule`); :meth:`state_dict` /
+    :meth:`load_state_dict` resume at the next unread sample.
 
-    ``prefetch_chunks=N`` (needs an array opened with a cache) fetches the encoded chunks
+    ``scale`` maps array names to their resolution relative to the first array
+    (:mod:`gpuzarr.loading.sources`); ``transform`` is one
+    :class:`~gpuzarr.OutputTransform` or a dict name → transform. ``metadata=True``
+    yields ``(batch, meta)`` with ``meta = {"sample_id", "start", "epoch"}``: the samples'
+    positions in the epoch, the start of each region in the first array, the epoch.
+
+    ``prefetch_chunks=N`` (needs arrays opened with a cache) fetches the encoded chunks
     of the next ``N`` batches in the background while the current one is read, at most
     ``prefetch_max_bytes`` in flight, on ``prefetch_workers`` threads (default ``N + 1``:
     one per batch in flight, the current one included, so none waits for a thread; with
     fewer, a remote store's latency is hidden only that many batches deep).
+
+    ``adaptive``: an :class:`~gpuzarr.loading.adaptive.AdaptiveBatchSize` that picks each
+    batch's size from measured throughput and free memory (single process only: under
+    DDP every rank must run the same number of batches, so a fixed ``batch_size`` is needed).
     """
+
+    #: a loader object iterates epochs ``state.epoch .. epochs - 1``; ZarrLoader one epoch per iter()
+    _one_epoch_per_iter = False
 
     def __init__(
         self,
-        array: Any,
+        arrays: Any,
         sampler: Any,
         batch_size: int,
         *,
@@ -177,6 +147,7 @@ class Loader:
         device: str = "auto",
         drop_last: bool = False,
         transform: Any = None,
+        scale: Any = None,
         prefetch_batches: int = 2,
         rank: int | None = None,
         world_size: int | None = None,
@@ -184,145 +155,212 @@ class Loader:
         prefetch_workers: int | None = None,
         prefetch_max_bytes: int = 256 << 20,
         even_ranks: bool = True,
+        adaptive: Any = None,
+        metadata: bool = False,
+        stream: Any = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-        if prefetch_chunks and getattr(getattr(array, "reader", None), "cache", None) is None:
-            raise ValueError("prefetch_chunks needs an array opened with a cache, e.g. "
-                             "gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
+        self.source = ArraySet(arrays, scale, transform)
+        if prefetch_chunks:
+            for name, arr in self.source.arrays.items():
+                if getattr(getattr(arr, "reader", None), "cache", None) is None:
+                    raise ValueError(f"prefetch_chunks needs arrays opened with a cache ({name or 'the array'} has "
+                                     "none), e.g. gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
+        self.array = self.source.primary
+        self.arrays = arrays
         self.even_ranks = even_ranks
         self.prefetch_chunks = prefetch_chunks
         self.prefetch_workers = prefetch_workers or prefetch_chunks + 1
         self.prefetch_max_bytes = prefetch_max_bytes
-        self.array = array
         self.sampler = sampler
         self.batch_size = batch_size
         self.epochs = epochs
         self.device = device
         self.drop_last = drop_last
         self.transform = transform
+        self.metadata = metadata
+        self.stream = stream
         self.prefetch_batches = max(0, prefetch_batches)
         ctx = DistributedContext.detect()
         self.rank = ctx.rank if rank is None else rank
         self.world_size = ctx.world_size if world_size is None else world_size
+        self.schedule = Schedule(sampler, self.source.shape, self.rank, self.world_size, even_ranks=even_ranks)
+        if adaptive is not None:
+            if self.world_size > 1:
+                raise ValueError("adaptive batch sizes would give DDP ranks different numbers of batches "
+                                 "(a hang in the first collective after the shortest rank stops); "
+                                 "use a fixed batch_size with several ranks")
+            if drop_last:
+                raise ValueError("drop_last with an adaptive batch size would drop a varying number of samples; "
+                                 "adaptive batching keeps every sample of the epoch")
+        self.adaptive = adaptive
         self._epoch = 0
-        self._batch = 0
+        self._sample = 0
         self._finished = False
 
     # ------------------------------------------------------------ schedule
+    def share(self, epoch: int) -> EpochShare:
+        """This rank's samples of ``epoch`` (ids and regions), padded to equal length across ranks."""
+        return self.schedule.share(epoch)
+
     def epoch_regions(self, epoch: int) -> list[tuple]:
-        """This rank's regions of ``epoch``.
+        """This rank's regions of ``epoch`` (see :mod:`gpuzarr.loading.schedule` for the padding rule).
 
-        With ``even_ranks`` (the default) and several ranks, a rank whose share is one
-        region short repeats its first region, so every rank runs the same number of
-        batches: an uneven count would leave the other ranks waiting forever in the
-        collective of the step the short rank never takes (as torch's DistributedSampler pads).
+        With ``even_ranks`` (the default) every rank gets ``ceil(n / world_size)`` regions, so
+        every rank runs the same number of batches: an uneven count would leave the other ranks
+        waiting forever in the collective of the step the short rank never takes.
         """
-        regions = self.sampler.regions(self.array.shape, epoch, self.rank, self.world_size)
-        if self.even_ranks and self.world_size > 1 and self.rank > 0 and regions:
-            longest = len(self.sampler.regions(self.array.shape, epoch, 0, self.world_size))
-            regions = regions + regions[: longest - len(regions)]
-        return regions
+        return self.share(epoch).regions
 
-    def _batches(self, regions: list[tuple]) -> list[list[tuple]]:
-        batches = [regions[i : i + self.batch_size] for i in range(0, len(regions), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        return batches
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Batches this rank reads in ``epoch`` (with a fixed batch size)."""
+        return batches_per_epoch(len(self.share(epoch)), self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        return sum(len(self._batches(self.epoch_regions(e))) for e in range(self.epochs))
+        if self.adaptive is not None:
+            raise TypeError("an adaptive loader has no fixed number of batches")
+        return sum(self.batches_in_epoch(e) for e in range(self.epochs))
 
     def state_dict(self) -> dict[str, int]:
-        """Where the next batch comes from: resume with :meth:`load_state_dict`."""
-        return {"epoch": self._epoch, "batch": self._batch}
+        """Where the next sample comes from: resume with :meth:`load_state_dict` (also in a new process).
+
+        ``{"epoch": e, "batch": b}`` while the position is on a batch boundary of the fixed
+        batch size, else ``{"epoch": e, "sample": s}`` (adaptive batches, or a resume mid-batch).
+        """
+        epoch, sample = self._epoch, self._sample
+        if self.adaptive is None and not self._finished:
+            b = -(-sample // self.batch_size)
+            if sample == min(b * self.batch_size, len(self.share(epoch)) if epoch < self.epochs else 0):
+                return {"epoch": epoch, "batch": b}
+        if self._finished:
+            return {"epoch": self.epochs, "batch": 0}
+        return {"epoch": epoch, "sample": sample}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume at ``state``; a state at the very end resumes with nothing left to read."""
-        self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+        self._epoch = int(state["epoch"])
+        if "sample" in state:
+            self._sample = int(state["sample"])
+        else:
+            self._sample = int(state.get("batch", 0)) * self.batch_size
+            if self._epoch < self.epochs:
+                self._sample = min(self._sample, len(self.share(self._epoch)))
         self._finished = False
 
-    def _schedule(self) -> Iterator[tuple[int, int, list[tuple]]]:
-        """(epoch, batch index, regions) of every batch from the resume point on, in order."""
-        start_epoch, start_batch = self._epoch, self._batch
-        for epoch in range(start_epoch, self.epochs):
-            batches = self._batches(self.epoch_regions(epoch))
-            for b in range(start_batch if epoch == start_epoch else 0, len(batches)):
-                yield epoch, b, batches[b]
+    def _span(self) -> tuple[range, int]:
+        """(epochs this iteration walks, first sample of the first one)."""
+        if self._finished:  # a loader that ran to the end starts over, like iterating a DataLoader again
+            self._epoch, self._sample, self._finished = 0, 0, False
+        return range(self._epoch, self.epochs), self._sample
 
-    # ------------------------------------------------------------ iteration
-    def _chunk_prefetch(self) -> tuple[Any, Any] | None:
-        """A planned prefetcher over the chunks of the upcoming batches (``prefetch_chunks`` > 0)."""
+    def _on_exhausted(self) -> None:
+        self._epoch, self._sample, self._finished = self.epochs, 0, True
+
+    # ------------------------------------------------------------ reading
+    def _chunk_prefetch(self, cutter: _Cutter) -> tuple[list[Any], list[Any]] | None:
+        """Planned prefetchers (one per array) over the chunks of the upcoming batches (``prefetch_chunks`` > 0)."""
         if not self.prefetch_chunks:
             return None
         from gpuzarr.storage.prefetch import PlannedPrefetcher
 
-        array = self.array
-        upcoming = self._schedule()  # a second walk of the same schedule, running ahead of the reads
-        planned: dict[int, np.ndarray] = {}
+        prefetchers, planned = [], []
+        for name, array in self.source.arrays.items():
 
-        def coords_of(ordinal: int) -> list[tuple[int, ...]]:
-            while len(planned) <= ordinal:  # PlannedPrefetcher asks for each ordinal once, in order
-                try:
-                    _, _, regions = next(upcoming)
-                except StopIteration:
+            def coords_of(ordinal: int, name: str | None = name, array: Any = array) -> list[tuple[int, ...]]:
+                cut = cutter.get(ordinal)  # cut ahead of the reads; the read walk takes the same cut
+                if cut is None:
                     return []
-                planned[len(planned)] = array.plan(regions).chunk_coords
-            coords = planned[ordinal]
-            planned[ordinal] = coords[:0]  # keep the slot (it counts), drop the data
-            return [tuple(c) for c in coords.tolist()]
+                regions = self.source.regions_for(name, self.share(cut.epoch).regions[cut.lo : cut.hi])
+                return [tuple(c) for c in array.plan(regions).chunk_coords.tolist()]
 
-        prefetcher = array.chunk_prefetcher(workers=self.prefetch_workers, max_bytes_in_flight=self.prefetch_max_bytes)
-        # advanced with the batch *before* the one about to be read (see _reads), so batches_ahead
-        # N + 1 keeps the current batch and the next N queued or in flight
-        return prefetcher, PlannedPrefetcher(prefetcher, coords_of, batches_ahead=self.prefetch_chunks + 1)
+            prefetcher = array.chunk_prefetcher(workers=self.prefetch_workers,
+                                                max_bytes_in_flight=self.prefetch_max_bytes)
+            prefetchers.append(prefetcher)
+            # advanced with the batch *before* the one about to be read (see _reads), so batches_ahead
+            # N + 1 keeps the current batch and the next N queued or in flight
+            planned.append(PlannedPrefetcher(prefetcher, coords_of, batches_ahead=self.prefetch_chunks + 1))
+        return prefetchers, planned
 
-    def _read(self, regions: list[tuple]) -> Any:
-        return self.array.read_batch(regions, device=self.device, transform=self.transform)
+    def _allocator(self) -> Any:
+        """Output buffers for the arrays' reads (``None``: each read allocates its own)."""
+        return None
 
-    def _reads(self) -> Iterator[tuple[int, int, Any]]:
+    def _deliver(self, data: Any, cut: Cut) -> Any:
+        """Turn one read batch into what the loop receives."""
+        if not self.metadata:
+            return data
+        return data, self._meta(cut)
+
+    def _meta(self, cut: Cut) -> dict[str, Any]:
+        from gpuzarr.plan.planner import normalize_regions
+
+        share = self.share(cut.epoch)
+        regions = share.regions[cut.lo : cut.hi]
+        starts = normalize_regions(regions, self.source.shape, getattr(self.array, "name", "array")).starts
+        return {"sample_id": share.positions[cut.lo : cut.hi].copy(), "start": starts, "epoch": cut.epoch}
+
+    def read_cut(self, cut: Cut) -> Any:
+        """Read the batch of ``cut`` (what the background thread does for each batch)."""
+        regions = self.share(cut.epoch).regions[cut.lo : cut.hi]
+        t0 = time.perf_counter()
+        data = self.source.read(regions, device=self.device, stream=self.stream, allocate=self._allocator())
+        if self.adaptive is not None:
+            parts = data.values() if isinstance(data, dict) else (data,)
+            self.adaptive.observe(cut.hi - cut.lo, time.perf_counter() - t0, sum(int(p.nbytes) for p in parts))
+        return self._deliver(data, cut)
+
+    def _reads(self, cutter: _Cutter) -> Iterator[tuple[Cut, Any]]:
         """Read every scheduled batch in order, chunk prefetch running ahead when enabled."""
-        chunk_prefetch = self._chunk_prefetch()
+        chunk_prefetch = self._chunk_prefetch(cutter)
         try:
-            for ordinal, (epoch, b, regions) in enumerate(self._schedule()):
+            ordinal = 0
+            while True:
                 if chunk_prefetch is not None:
                     # queue this batch and the next ones; then wait for this batch's chunks, which
                     # are in flight or cached already, rather than fetch any of them twice
-                    chunk_prefetch[1].advance(ordinal - 1)
-                    ticket = chunk_prefetch[1].tickets.get(ordinal)
-                    if ticket is not None:
-                        ticket.wait()
-                yield epoch, b, self._read(regions)
+                    for planned in chunk_prefetch[1]:
+                        planned.advance(ordinal - 1)
+                        ticket = planned.tickets.get(ordinal)
+                        if ticket is not None:
+                            ticket.wait()
+                cut = cutter.get(ordinal)
+                if cut is None:
+                    return
+                cutter.forget(ordinal - 1 - 2 * self.prefetch_chunks)
+                yield cut, self.read_cut(cut)
+                ordinal += 1
         finally:
             if chunk_prefetch is not None:
-                chunk_prefetch[0].close()
+                for prefetcher in chunk_prefetch[0]:
+                    prefetcher.close()
 
     def __iter__(self) -> Iterator[Any]:
-        if self._finished:  # a loader that ran to the end starts over, like iterating a DataLoader again
-            self._epoch, self._batch, self._finished = 0, 0, False
+        epochs, start = self._span()
+        cutter = _Cutter(self, epochs, start)
         if self.prefetch_batches == 0:
-            reads = self._reads()
+            reads = self._reads(cutter)
             try:
-                for epoch, b, batch in reads:
-                    self._epoch, self._batch = epoch, b + 1
+                for cut, batch in reads:
+                    self._epoch, self._sample = cut.epoch, cut.hi
                     yield batch
             finally:
                 reads.close()
-            self._epoch, self._batch, self._finished = self.epochs, 0, True
+            self._on_exhausted()
             return
-        yield from self._iter_prefetched()
+        yield from self._iter_prefetched(cutter)
 
-    def _iter_prefetched(self) -> Iterator[Any]:
+    def _iter_prefetched(self, cutter: _Cutter) -> Iterator[Any]:
         results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.prefetch_batches)
         stop = threading.Event()
 
         def produce() -> None:
-            reads = self._reads()
+            reads = self._reads(cutter)
             try:
-                for epoch, b, batch in reads:
+                for cut, batch in reads:
                     if stop.is_set():
                         return
-                    item = ("batch", (epoch, b, batch))
+                    item = ("batch", (cut, batch))
                     while not stop.is_set():
                         try:
                             results.put(item, timeout=0.1)
@@ -341,12 +379,12 @@ class Loader:
             while True:
                 kind, payload = results.get()
                 if kind == "done":
-                    self._epoch, self._batch, self._finished = self.epochs, 0, True
+                    self._on_exhausted()
                     return
                 if kind == "error":
                     raise payload
-                epoch, b, batch = payload
-                self._epoch, self._batch = epoch, b + 1
+                cut, batch = payload
+                self._epoch, self._sample = cut.epoch, cut.hi
                 yield batch
         finally:
             stop.set()
@@ -356,3 +394,4 @@ class Loader:
                 except queue.Empty:
                     pass
             worker.join()
+
