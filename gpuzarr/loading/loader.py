@@ -286,8 +286,8 @@ class Loader:
         """Output buffers for the arrays' reads (``None``: each read allocates its own)."""
         return None
 
-    def _deliver(self, data: Any, cut: Cut) -> Any:
-        """Turn one read batch into what the loop receives."""
+    def _deliver(self, data: Any, cut: Cut, allocation: Any = None) -> Any:
+        """Turn one read batch (read into ``allocation``'s buffers, when given) into what the loop receives."""
         if not self.metadata:
             return data
         return data, self._meta(cut)
@@ -304,11 +304,12 @@ class Loader:
         """Read the batch of ``cut`` (what the background thread does for each batch)."""
         regions = self.share(cut.epoch).regions[cut.lo : cut.hi]
         t0 = time.perf_counter()
-        data = self.source.read(regions, device=self.device, stream=self.stream, allocate=self._allocator())
+        allocation = self._allocator()
+        data = self.source.read(regions, device=self.device, stream=self.stream, allocate=allocation)
         if self.adaptive is not None:
             parts = data.values() if isinstance(data, dict) else (data,)
             self.adaptive.observe(cut.hi - cut.lo, time.perf_counter() - t0, sum(int(p.nbytes) for p in parts))
-        return self._deliver(data, cut)
+        return self._deliver(data, cut, allocation)
 
     def _reads(self, cutter: _Cutter) -> Iterator[tuple[Cut, Any]]:
         """Read every scheduled batch in order, chunk prefetch running ahead when enabled."""
