@@ -47,7 +47,7 @@ import torch.utils.data
 
 from gpuzarr.engines.device import resolve_device
 from gpuzarr.errors import DeviceUnavailableError
-from gpuzarr.loading.loader import Cut, Loader
+from gpuzarr.loading.loader import Cut, EpochLoader
 from gpuzarr.loading.samplers import DistributedContext
 from gpuzarr.loading.schedule import Schedule, batch_bounds, batches_per_epoch
 from gpuzarr.loading.sources import ArraySet
@@ -142,7 +142,7 @@ class _CutDataset(torch.utils.data.Dataset):
         return _to_tensors(self.source.read(self.batches[i], device="cpu"), None)
 
 
-class ZarrLoader(Loader):
+class ZarrLoader(EpochLoader):
     """Batches of torch tensors from one array or a dict of arrays, one epoch per ``iter()``.
 
     ``arrays``: an :class:`~gpuzarr.ArrayHandle` or a dict ``name → handle`` (batches are
@@ -180,7 +180,7 @@ class ZarrLoader(Loader):
     ) -> None:
         self.target, engine = _resolve_target(device)
         self.engine_device = engine
-        super().__init__(arrays, sampler, batch_size, epochs=epoch + 1, device=engine, drop_last=drop_last,
+        super().__init__(arrays, sampler, batch_size, epoch=epoch, device=engine, drop_last=drop_last,
                          transform=transform, scale=scale, prefetch_batches=prefetch_batches, metadata=metadata,
                          **options)
         if num_workers < 0:
@@ -190,45 +190,7 @@ class ZarrLoader(Loader):
                              "prefetch_chunks work with num_workers=0 (the reading thread)")
         self.num_workers = num_workers
         self.multiprocessing_context = multiprocessing_context
-        self._epoch = epoch
-        self._resume: int | None = None
         self._pin = self.target.type == "cuda" and engine == "cpu"
-
-    # ------------------------------------------------------------ epochs and resume
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch the next ``iter()`` reads (a pending resume point of that same epoch is kept)."""
-        epoch = int(epoch)
-        if epoch != self._epoch:
-            self._epoch, self._sample, self._resume = epoch, 0, None
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def __len__(self) -> int:
-        """Batches per epoch for this rank (the same on every rank)."""
-        if self.adaptive is not None:
-            raise TypeError("an adaptive loader has no fixed number of batches")
-        return self.batches_in_epoch(self._epoch)
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch": e, "sample": s}``: resume at sample ``s`` of this rank's share of epoch ``e``."""
-        return {"epoch": self._epoch, "sample": self._sample}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume at ``state`` on the next ``iter()`` (in this process or a new one)."""
-        self._epoch = int(state["epoch"])
-        sample = int(state["sample"]) if "sample" in state else int(state.get("batch", 0)) * self.batch_size
-        self._sample = self._resume = min(sample, len(self.share(self._epoch)))
-
-    def _span(self) -> tuple[range, int]:
-        start = self._resume or 0
-        self._resume = None
-        self._sample = start
-        return range(self._epoch, self._epoch + 1), start
-
-    def _on_exhausted(self) -> None:
-        self._sample = len(self.share(self._epoch))
 
     # ------------------------------------------------------------ reading
     def _allocator(self) -> Any:

@@ -31,7 +31,7 @@ from gpuzarr.loading.samplers import DistributedContext, GridPatches, RandomCrop
 from gpuzarr.loading.schedule import EpochShare, Schedule, batch_bounds, batches_per_epoch
 from gpuzarr.loading.sources import ArraySet
 
-__all__ = ["DistributedContext", "GridPatches", "Loader", "RandomCrops"]
+__all__ = ["DistributedContext", "EpochLoader", "GridPatches", "Loader", "RandomCrops"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,3 +396,53 @@ class Loader:
                     pass
             worker.join()
 
+
+
+class EpochLoader(Loader):
+    """The core with DataLoader semantics: one epoch per ``iter()`` (base of ZarrLoader and the DALI source).
+
+    :meth:`set_epoch` picks the epoch; a new ``iter()`` starts it over (after a ``break``
+    too); ``len()`` is this rank's batches of the epoch; :meth:`state_dict` is
+    ``{"epoch": e, "sample": s}`` and :meth:`load_state_dict` makes the next ``iter()``
+    start at sample ``s`` of epoch ``e`` (a later ``set_epoch(e)`` of the same epoch keeps it).
+    """
+
+    def __init__(self, arrays: Any, sampler: Any, batch_size: int, *, epoch: int = 0, **options: Any) -> None:
+        super().__init__(arrays, sampler, batch_size, epochs=epoch + 1, **options)
+        self._epoch = int(epoch)
+        self._resume: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next ``iter()`` reads (a pending resume point of that same epoch is kept)."""
+        epoch = int(epoch)
+        if epoch != self._epoch:
+            self._epoch, self._sample, self._resume = epoch, 0, None
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (the same on every rank)."""
+        if self.adaptive is not None:
+            raise TypeError("an adaptive loader has no fixed number of batches")
+        return self.batches_in_epoch(self._epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "sample": s}``: resume at sample ``s`` of this rank's share of epoch ``e``."""
+        return {"epoch": self._epoch, "sample": self._sample}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at ``state`` on the next ``iter()`` (in this process or a new one)."""
+        self._epoch = int(state["epoch"])
+        sample = int(state["sample"]) if "sample" in state else int(state.get("batch", 0)) * self.batch_size
+        self._sample = self._resume = min(sample, len(self.share(self._epoch)))
+
+    def _span(self) -> tuple[range, int]:
+        start = self._resume or 0
+        self._resume = None
+        self._sample = start
+        return range(self._epoch, self._epoch + 1), start
+
+    def _on_exhausted(self) -> None:
+        self._sample = len(self.share(self._epoch))

@@ -122,10 +122,13 @@ class ArraySet:
              allocate: Allocator | None = None) -> Any:
         """Read one batch: an array (one handle) or a dict ``name → array`` (a dict of handles).
 
-        ``allocate(name, shape, dtype)`` may give the output buffer of an array read without a
-        transform (e.g. pinned host memory); it is not used for transformed reads.
+        ``allocate(name, shape, dtype)`` may give the output buffer of each array's batch (its
+        final shape and dtype, after any transform): pinned host memory for a torch copy, a
+        ring slot for DALI. The GPU engine writes into it directly; the CPU engine does so
+        without a transform, and copies its transformed result into it otherwise.
         """
         out: dict[str | None, Any] = {}
+        engine_on_gpu = None
         for name in self.names:
             arr = self.arrays[name]
             mapped = self.regions_for(name, regions)
@@ -135,13 +138,27 @@ class ArraySet:
                 kwargs["transform"] = transform
             if stream is not None:
                 kwargs["stream"] = stream
-            if allocate is not None and transform is None:
-                plan = arr.plan(mapped)
-                buf = allocate(name, tuple(plan.out_shape), arr.dtype)
-                if buf is not None:
-                    out[name] = arr.read_plan(plan, out=buf, **kwargs)
-                    continue
-            out[name] = arr.read_batch(mapped, **kwargs)
+            if allocate is None:
+                out[name] = arr.read_batch(mapped, **kwargs)
+                continue
+            plan = arr.plan(mapped)
+            shape, dtype = tuple(plan.out_shape), arr.dtype
+            if transform is not None:
+                dtype = transform.output_dtype(dtype)
+                shape = (shape[0], *(shape[1 + a] for a in transform.output_axes(len(shape) - 1)))
+            buf = allocate(name, shape, dtype)
+            if buf is None:
+                out[name] = arr.read_plan(plan, **kwargs)
+                continue
+            if engine_on_gpu is None:
+                from gpuzarr.engines.device import resolve_device
+
+                engine_on_gpu = resolve_device(device) == "cuda"
+            if transform is None or engine_on_gpu:
+                out[name] = arr.read_plan(plan, out=buf, **kwargs)
+            else:  # the CPU engine transforms after assembly: copy its result into the buffer
+                buf[...] = arr.read_plan(plan, **kwargs)
+                out[name] = buf
         return out[None] if self.single else out
 
     def chunk_coords(self, regions: Sequence[Any]) -> dict[str | None, Any]:
