@@ -190,8 +190,9 @@ def pipeline(arrays: Any, sampler: Any, batch_size: int, *, device: str = "gpu",
 
     ``device="cpu"`` with ``device_id=None`` builds a CPU-only pipeline (no GPU needed).
     ``layout`` names the sample axes for DALI (default ``"HW"``, ``"CHW"``, ``"FCHW"`` by
-    rank); ``flip`` mirrors each sample along ``W`` with probability ½ (``seed``);
-    ``mean``/``std`` (per channel) normalise to float32. The pipeline's outputs are the
+    rank); ``flip`` mirrors each sample along ``W`` with probability ½ (``seed``), every
+    array of a sample alike (a flow field's x component keeps its sign: negate it yourself);
+    ``mean``/``std`` (per channel) normalise the first array to float32. The pipeline's outputs are the
     arrays in order; the :class:`ExternalSource` is ``pipe.gpuzarr_source``. Use with
     ``DALIGenericIterator(pipe, names, last_batch_policy=LastBatchPolicy.PARTIAL)``.
     """
@@ -223,9 +224,15 @@ def pipeline(arrays: Any, sampler: Any, batch_size: int, *, device: str = "gpu",
                 norm["mean"] = [float(m) for m in np.atleast_1d(mean)]
             if std is not None:
                 norm["std"] = [float(s) for s in np.atleast_1d(std)]
-            dtype = types.FLOAT if norm else types.NO_TYPE
-            outs = [fn.crop_mirror_normalize(o, mirror=mirror, dtype=dtype, output_layout=layout, **norm)
-                    for o in outs]
+            # the same coin for every array of a sample; mean/std normalise the first array (the images)
+            done = []
+            for i, o in enumerate(outs):
+                if i == 0 and norm:
+                    o = fn.crop_mirror_normalize(o, mirror=mirror, dtype=types.FLOAT, output_layout=layout, **norm)
+                elif flip:
+                    o = fn.flip(o, horizontal=mirror)
+                done.append(o)
+            outs = done
         pipe.set_outputs(*outs)
     pipe.gpuzarr_source = source
     return pipe
