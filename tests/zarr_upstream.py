@@ -13,8 +13,9 @@ and adds three files beside zarr's tests, all derived mechanically:
 * ``test_pipeline_parity_gpuzarr.py``: ``test_pipeline_parity.py`` with its second
   pipeline (``_FUSED``) set to gpuzarr's, so every cell compares gpuzarr against
   ``BatchedCodecPipeline`` (contents, store keys, and each reading the other's output);
-* in copies of the other modules nothing changes, except that lists parametrizing a test
-  over ``BatchedCodecPipeline``/``FusedCodecPipeline`` gain ``gpuzarr.GpuzarrCodecPipeline``.
+* in ``test_indexing.py`` and ``test_codecs/`` nothing changes, except that lists
+  parametrizing a test over ``BatchedCodecPipeline``/``FusedCodecPipeline`` gain
+  ``gpuzarr.GpuzarrCodecPipeline`` (and their ``ids`` a ``"gpuzarr"``).
 
 Every run sets ``ZARR_CODEC_PIPELINE__PATH=gpuzarr.GpuzarrCodecPipeline``, so each test
 that does not name a pipeline itself reads through gpuzarr (zarr's ``reset_config``
@@ -34,8 +35,29 @@ from pathlib import Path
 PIPELINE = "gpuzarr.GpuzarrCodecPipeline"
 HERE = Path(__file__).resolve().parent
 
+_SPY = ("spies on the store's async get/get_ranges through an AsyncMock and assumes every pipeline but "
+        "FusedCodecPipeline reads sync-capable stores asynchronously; gpuzarr reads LocalStore and MemoryStore "
+        "through get_sync/get_ranges_sync like FusedCodecPipeline (same calls; the ZipStore variants, read "
+        "asynchronously, run and pass)")
+_PRIVATE = ("monkeypatches zarr's private _ShardIndex.get_chunk_slice; gpuzarr decodes shard indexes itself and "
+            "never calls it")
+_SHARDING = "tests/test_codecs/test_sharding.py::"
+_UNIT = "tests/test_codecs/test_sharding_unit.py::"
+
 #: node id (relative to the sdist root) → why it is not run with gpuzarr's pipeline
-EXCLUDED: dict[str, str] = {}
+EXCLUDED: dict[str, str] = {
+    **{f"{_SHARDING}{test}[{store}-{loc}]": _SPY
+       for test in ("test_sharding_multiple_chunks_partial_shard_read", "test_sharding_duplicate_read_indexes",
+                    "test_sharding_partial_shard_read__index_load_fails",
+                    "test_sharding_partial_shard_read__chunk_load_fails")
+       for store in ("local", "memory") for loc in ("start", "end")},
+    **{f"{_SHARDING}test_sharding_partial_shard_read__index_chunk_slice_fails[{store}-{loc}]": _PRIVATE
+       for store in ("local", "memory", "zip") for loc in ("start", "end")},
+    **{f"{_UNIT}{test}": _SPY
+       for test in ("test_load_partial_shard_forwards_global_config_to_get_ranges",
+                    "test_load_partial_shard_per_array_config_overrides_global",
+                    "test_load_partial_shard_uses_config_defaults")},
+}
 
 INI = """[pytest]
 asyncio_mode = auto
@@ -68,8 +90,7 @@ def _derive(root: Path) -> None:
     if fused not in parity:
         raise RuntimeError(f"{tests / 'test_pipeline_parity.py'} no longer defines {fused}")
     (tests / "test_pipeline_parity_gpuzarr.py").write_text(
-        '"""Generated from test_pipeline_parity.py: its second pipeline is gpuzarr\'s."""\n'
-        + parity.replace(fused, f'_FUSED = "{PIPELINE}"'))
+        parity.replace(fused, f'_FUSED = "{PIPELINE}"  # gpuzarr: generated from test_pipeline_parity.py'))
     batched = '"zarr.core.codec_pipeline.BatchedCodecPipeline",\n'
     for path in [tests / "test_indexing.py", *sorted((tests / "test_codecs").glob("test_*.py"))]:
         text = path.read_text()
@@ -81,7 +102,8 @@ def _derive(root: Path) -> None:
             out.append(line)
             if line.strip() == batched.strip():
                 out.append(line.replace("zarr.core.codec_pipeline.BatchedCodecPipeline", PIPELINE))
-        path.write_text("".join(out))
+        text = "".join(out).replace('ids=["batched", "fused"]', 'ids=["batched", "fused", "gpuzarr"]')
+        path.write_text(text)
     (root / "gpuzarr-pytest.ini").write_text(INI)
 
 
@@ -116,7 +138,7 @@ def upstream_tests(version: str | None = None) -> Path:
 
 
 def run(targets: list[str], extra: list[str] | None = None, *, stats_file: Path | None = None,
-        timeout: float = 3000) -> subprocess.CompletedProcess[str]:
+        timeout: float = 3000, deselect: bool = True) -> subprocess.CompletedProcess[str]:
     """Run zarr's tests ``targets`` (paths relative to the sdist root) with gpuzarr's pipeline."""
     root = upstream_tests()
     env = dict(os.environ)
@@ -124,9 +146,9 @@ def run(targets: list[str], extra: list[str] | None = None, *, stats_file: Path 
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if stats_file is not None:
         env["GPUZARR_UPSTREAM_STATS"] = str(stats_file)
-    deselect = [arg for node in EXCLUDED for arg in ("--deselect", node)]
+    deselected = [arg for node in EXCLUDED for arg in ("--deselect", node)] if deselect else []
     cmd = [sys.executable, "-m", "pytest", "-c", str(root / "gpuzarr-pytest.ini"), "--rootdir", str(root),
-           "-p", "no:cacheprovider", "-p", "zarr_upstream_plugin", "-q", "-rfE", *deselect, *targets,
+           "-p", "no:cacheprovider", "-p", "zarr_upstream_plugin", "-q", "-rfE", *deselected, *targets,
            *(extra or [])]
     return subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 

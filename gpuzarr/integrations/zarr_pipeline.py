@@ -10,7 +10,7 @@ zarr hands a pipeline's :meth:`~GpuzarrCodecPipeline.read` one batch per selecti
 stored chunk (or shard) the selection touches. This pipeline turns the batch into one
 :class:`~gpuzarr.plan.planner.BatchPlan` over the chunks that are decoded (the inner
 chunks of a shard: each shard's index is read, then only the byte ranges of the inner
-chunks the selection touches, nearby ranges merged into one read), fetches the encoded
+chunks the selection touches, through the store's own ``get_ranges``), fetches the encoded
 bytes concurrently through the byte getters (any zarr store: local, memory, zip, fsspec,
 obstore, Icechunk sessions), and runs the plan through gpuzarr's engine:
 
@@ -38,9 +38,9 @@ key                                    meaning
 ``codec_pipeline.strict``              raise instead of falling back (default False)
 ``threading.max_workers``              decode threads (else ``codec_pipeline.max_workers``,
                                        else gpuzarr's ``threads`` setting)
-``codec_pipeline.coalesce_gap``        inner-chunk byte ranges of one shard at most this
-                                       many bytes apart are read as one range
-                                       (default 65536)
+``array.sharding_coalesce_*``          how the inner-chunk ranges of one shard merge into
+                                       reads (zarr's own settings, passed to the store's
+                                       ``get_ranges``, as zarr's sharding codec does)
 =====================================  ===============================================
 
 The pipeline pickles as its codecs (dask sends it to worker processes) and keeps no
@@ -181,6 +181,7 @@ def _compile(codecs: tuple[Any, ...], spec: Any) -> _Layout:
                                prototype=spec.prototype)
         if any(isinstance(c, ShardingCodec) for c in sc.codecs):
             raise UnsupportedCodecError("nested sharding")
+        _check_array_codecs(tuple(sc.codecs), inner_spec)
         chain = build_decode_chain(tuple(sc.codecs), inner_spec, name)
         index_chain = build_decode_chain(tuple(sc.index_codecs), sc._get_index_chunk_spec(cps), name)
         layout = ShardLayout(shard_shape=shard_shape, chunks_per_shard=cps,
@@ -189,11 +190,22 @@ def _compile(codecs: tuple[Any, ...], spec: Any) -> _Layout:
         return _Layout(chain, layout)
     if any(isinstance(c, ShardingCodec) for c in codecs):
         raise UnsupportedCodecError("sharding combined with other codecs outside it")
+    _check_array_codecs(codecs, spec)
     return _Layout(build_decode_chain(codecs, spec, name), None)
 
 
-def _unit_grid(layout: _Layout) -> tuple[int, ...]:
-    return layout.chain.chunk_shape
+def _check_array_codecs(codecs: tuple[Any, ...], spec: Any) -> None:
+    """Refuse array→array codecs that change the data type (DecodeChain decodes in the array's dtype)."""
+    from zarr.abc.codec import ArrayArrayCodec
+
+    for codec in codecs:
+        if not isinstance(codec, ArrayArrayCodec):
+            return
+        resolved = codec.resolve_metadata(spec)
+        if resolved.dtype != spec.dtype:
+            raise UnsupportedCodecError(f"array→array codec {type(codec).__name__} changes the data type "
+                                        f"({spec.dtype} → {resolved.dtype})")
+        spec = resolved
 
 
 def _is_box(chunk_sel: Any, out_sel: Any, ndim: int, out_ndim: int) -> bool:
@@ -415,78 +427,98 @@ class _Job:
                else SuffixByteRequest(shard.index_nbytes))
         return [(it[0], rng) for it in self.items]
 
-    def range_requests(self, raw_indexes: list[Any]) -> list[tuple[Any, Any]]:
-        """Decode the shard indexes; the merged byte ranges of the inner chunks the plan needs."""
+    def shard_ranges(self, raw_indexes: list[Any]) -> list[tuple[int, list[int], list[Any]]]:
+        """Decode the shard indexes: per present shard, its item, its planned units and their byte ranges."""
         from zarr.abc.store import RangeByteRequest
 
         shard = self.layout.shard
         assert shard is not None
-        u = len(self.piece_item)
-        offsets = np.full(u, _EMPTY, dtype=np.uint64)
-        lengths = np.zeros(u, dtype=np.uint64)
+        work = []
         for i, raw in enumerate(raw_indexes):
             if raw is None:
                 self.status[i] = _MISSING
                 continue
             key = self._key(i)
             view = _view(raw)
-            if view is None or len(view) != shard.index_nbytes:
-                raise CorruptChunkError(f"shard {key!r}: index is {0 if view is None else len(view)} bytes, "
-                                        f"expected {shard.index_nbytes} (truncated shard?)", key=key)
+            if view is None or len(view) < shard.index_nbytes:
+                raise CorruptChunkError(f"shard {key!r} is {len(view) if view is not None else 0} bytes, too short "
+                                        f"to hold its index of {shard.index_nbytes} bytes", key=key)
             try:
                 index = shard.index_chain.decode(view, key=key, array="shard index")
             except CorruptChunkError as exc:
                 raise CorruptChunkError(f"shard index of {key!r} is corrupt: {exc}", key=key) from exc
-            index = np.asarray(index, dtype=np.uint64).reshape(*shard.chunks_per_shard, 2)
+            index = np.asarray(index, dtype=np.uint64).reshape(-1, 2)
             members = np.flatnonzero(self.piece_item == i)
+            if not members.size:
+                continue
+            cps = np.asarray(shard.chunks_per_shard, dtype=np.int64)
+            strides = np.cumprod(np.r_[1, cps[::-1]])[::-1][1:].astype(np.int64)  # C order; () when 0-d
+            entries = index[self.piece_coords[members] @ strides]
+            present = entries[:, 0] != _EMPTY
+            members, entries = members[present], entries[present].astype(np.int64)
             if members.size:
-                entries = index[tuple(self.piece_coords[members].T)]
-                offsets[members] = entries[:, 0]
-                lengths[members] = entries[:, 1]
-        present = offsets != _EMPTY
-        idx = np.flatnonzero(present)
-        self._g_bounds: list[tuple[int, int]] = []
-        self._group_of = np.full(u, -1, dtype=np.int64)
-        self._rel = np.zeros(u, dtype=np.int64)
-        self._len = lengths.astype(np.int64)
-        if idx.size == 0:
-            return []
-        starts = offsets[idx].astype(np.int64)
-        ends = starts + lengths[idx].astype(np.int64)
-        owner = self.piece_item[idx]
-        order = np.lexsort((starts, owner))
-        idx, starts, ends, owner = idx[order], starts[order], ends[order], owner[order]
-        gap = int(zarr_config.get("codec_pipeline.coalesce_gap", 1 << 16) or 0)
-        prev_end = np.maximum.accumulate(ends)
-        new = np.ones(len(idx), dtype=bool)
-        new[1:] = (owner[1:] != owner[:-1]) | (starts[1:] > prev_end[:-1] + gap)
-        gid = np.cumsum(new) - 1
-        first = np.flatnonzero(new)
-        g_start = starts[first]
-        g_end = np.maximum.reduceat(ends, first)
-        self._group_of[idx] = gid
-        self._rel[idx] = starts - g_start[gid]
-        self._g_bounds = list(zip(g_start.tolist(), g_end.tolist(), strict=True))
-        return [(self.items[o][0], RangeByteRequest(int(a), int(b)))
-                for o, (a, b) in zip(owner[first].tolist(), self._g_bounds, strict=True)]
+                ranges = [RangeByteRequest(int(a), int(a + n)) for a, n in entries.tolist()]
+                work.append((i, members.tolist(), ranges))
+        return work
 
-    def inner_chunks(self, blobs: list[Any]) -> list[memoryview | None]:
-        """The encoded bytes of every planned inner chunk (None where the index says empty)."""
-        views: list[memoryview] = []
-        for (a, b), blob, (getter, _) in zip(self._g_bounds, blobs, self._group_requests, strict=True):
-            view = _view(blob)
-            if view is None or len(view) != b - a:
-                key = str(getattr(getter, "path", getter))
-                raise CorruptChunkError(f"shard {key!r} is truncated or its index points past its end "
-                                        f"(bytes {a}..{b} requested, {0 if view is None else len(view)} read)",
-                                        key=key)
-            views.append(view)
-        out: list[memoryview | None] = [None] * len(self.piece_item)
-        for p, (g, r, ln) in enumerate(zip(self._group_of.tolist(), self._rel.tolist(), self._len.tolist(),
-                                           strict=True)):
-            if g >= 0:
-                out[p] = views[g][r : r + ln]
-        return out
+    def _place(self, units: list[Any], i: int, members: list[int], got: Any) -> None:
+        """Put the buffers ``got`` ((index into members, Buffer | None) pairs) of shard ``i`` into ``units``."""
+        for j, buf in got:
+            units[members[j]] = _view(buf)
+
+    def _ranges_sync(self, work: list[tuple[int, list[int], list[Any]]]) -> list[Any]:
+        from zarr.abc.store import Store, _store_supports_sync_io
+
+        units: list[Any] = [None] * len(self.piece_item)
+        cfg = self.spec.config
+        for i, members, ranges in work:
+            getter = self.items[i][0]
+            store = getattr(getter, "store", None)
+            try:
+                if isinstance(store, Store) and _store_supports_sync_io(store):
+                    got = store.get_ranges_sync(getter.path, ranges, prototype=self.proto,
+                                                max_gap_bytes=cfg.sharding_coalesce_max_gap_bytes,
+                                                max_coalesced_bytes=cfg.sharding_coalesce_max_bytes)
+                else:
+                    got = [(j, getter.get_sync(prototype=self.proto, byte_range=r)) for j, r in enumerate(ranges)]
+            except BaseExceptionGroup as eg:  # the shard vanished after its index was read: zarr reads it as missing
+                _, rest = eg.split(FileNotFoundError)
+                if rest is not None:
+                    raise rest from None
+                self.status[i] = _MISSING
+                continue
+            self._place(units, i, members, got)
+        return units
+
+    async def _ranges_async(self, work: list[tuple[int, list[int], list[Any]]]) -> list[Any]:
+        from zarr.core.common import concurrent_map
+        from zarr.storage._common import StorePath
+
+        units: list[Any] = [None] * len(self.piece_item)
+        cfg = self.spec.config
+        proto = self.proto
+
+        async def one(i: int, members: list[int], ranges: list[Any]) -> None:
+            getter = self.items[i][0]
+            try:
+                if isinstance(getter, StorePath):
+                    async for group in getter.store.get_ranges(getter.path, ranges, prototype=proto,
+                                                               max_gap_bytes=cfg.sharding_coalesce_max_gap_bytes,
+                                                               max_coalesced_bytes=cfg.sharding_coalesce_max_bytes):
+                        self._place(units, i, members, group)
+                else:
+                    got = [(j, await getter.get(proto, byte_range=r)) for j, r in enumerate(ranges)]
+                    self._place(units, i, members, got)
+            except BaseExceptionGroup as eg:
+                _, rest = eg.split(FileNotFoundError)
+                if rest is not None:
+                    raise rest from None
+                self.status[i] = _MISSING
+                for m in members:
+                    units[m] = None
+
+        await concurrent_map(work, one, zarr_config.get("async.concurrency"))
+        return units
 
     def fetch_sync(self) -> list[Any]:
         """Encoded units for the engine, read through sync byte getters (deferred when unsharded on the CPU)."""
@@ -497,9 +529,7 @@ class _Job:
             raws = [it[0].get_sync(prototype=self.proto) for it in self.items]
             return self.whole_chunks(raws)
         raws = [g.get_sync(prototype=self.proto, byte_range=r) for g, r in self.index_requests()]
-        self._group_requests = self.range_requests(raws)
-        blobs = [g.get_sync(prototype=self.proto, byte_range=r) for g, r in self._group_requests]
-        return self.inner_chunks(blobs)
+        return self._ranges_sync(self.shard_ranges(raws))
 
     async def fetch_async(self) -> list[Any]:
         """Encoded units for the engine, read concurrently through async byte getters."""
@@ -515,9 +545,7 @@ class _Job:
             raws = await concurrent_map([(it[0], None) for it in self.items], get, limit)
             return self.whole_chunks(raws)
         raws = await concurrent_map(self.index_requests(), get, limit)
-        self._group_requests = self.range_requests(raws)
-        blobs = await concurrent_map(self._group_requests, get, limit)
-        return self.inner_chunks(blobs)
+        return await self._ranges_async(self.shard_ranges(raws))
 
     def whole_chunks(self, raws: list[Any]) -> list[memoryview | None]:
         for i, raw in enumerate(raws):
