@@ -120,7 +120,8 @@ def test_reads_equal_zarr(spec, data):
         warnings.simplefilter("error", gpuzarr.PipelineFallbackWarning)
         got = _read(store, select, "", pipeline=PLUGIN)
     after = read_stats()
-    assert after["reads"] > before["reads"], "the read did not go through gpuzarr"
+    if np.asarray(expected).size:  # zarr calls no pipeline for an empty selection
+        assert after["reads"] > before["reads"], "the read did not go through gpuzarr"
     assert after["fallback_reads"] == before["fallback_reads"]
     assert np.asarray(got).dtype == np.asarray(expected).dtype
     np.testing.assert_array_equal(got, expected)
