@@ -15,11 +15,23 @@ Contract of :meth:`ChunkFetcher.fetch`:
 * A range that reaches past the end of the object is an error
   (:class:`gpuzarr.errors.FetchError` naming the key); lengths are always checked,
   so a short read is never returned as if it were whole.
+
+Cache identity (:attr:`ChunkFetcher.cache_identity`): the one name every cache tier keys
+a fetcher's bytes on. A fetcher over a *location* that outlives the process (a local
+directory, an S3 prefix at an endpoint, an HTTP URL) reports it as
+:attr:`ChunkFetcher.persistent_identity`, a canonical URL, so every fetcher of the same
+location shares cache entries, across processes too (the disk tier). Any other store
+(``MemoryStore``, a wrapped or unknown zarr store) has no such name: its fetcher gets a
+token unique to that fetcher object, never reused while the process lives and not carried
+by pickling, so two stores can never read each other's cached chunks (a store's ``str``
+or ``id`` can be reused once it is garbage collected). Such fetchers skip the disk tier.
 """
 
 from __future__ import annotations
 
 import abc
+import itertools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -45,6 +57,13 @@ class SuffixRange:
 
 
 Range = ByteRange | SuffixRange | None
+
+_fetcher_tokens = itertools.count()
+
+
+def _unique_token() -> str:
+    """A name no other fetcher of this process (or of any earlier process) has: pid, a counter, a random part."""
+    return f"unique:{os.getpid()}:{next(_fetcher_tokens)}:{os.urandom(6).hex()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +123,30 @@ def normalize_request(keys: Sequence[str], ranges: Sequence[Range] | None) -> tu
 class ChunkFetcher(abc.ABC):
     """Batched, concurrent reads of whole objects or byte ranges by key."""
 
-    #: Identifies the store (e.g. ``"file:///data/x.zarr"``); caches key on it.
+    #: Names the store in messages (e.g. ``"file:///data/x.zarr"``); caches key on :attr:`cache_identity`.
     store_id: str
+
+    @property
+    def persistent_identity(self) -> str | None:
+        """Canonical URL of a location that outlives the process (shared by every fetcher of it), else ``None``."""
+        return None
+
+    @property
+    def cache_identity(self) -> str:
+        """What cache tiers key this fetcher's bytes on (see the module docstring): never shared by two stores."""
+        persistent = self.persistent_identity
+        if persistent is not None:
+            return persistent
+        token = self.__dict__.get("_cache_token")
+        if token is None:
+            token = self.__dict__.setdefault("_cache_token", _unique_token())  # setdefault: one winner under threads
+        return token
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a process-unique token must not travel: the unpickled copy is another store object
+        state = dict(self.__dict__)
+        state.pop("_cache_token", None)
+        return state
 
     @abc.abstractmethod
     def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:

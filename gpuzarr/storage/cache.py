@@ -4,7 +4,9 @@
 overlapping regions, prefetched batches) skip storage. It sits in front of a
 :class:`~gpuzarr.storage.base.ChunkFetcher` inside :class:`gpuzarr.storage.reader.ChunkReader`
 (or :class:`gpuzarr.storage.disk_cache.CachingFetcher`), and one cache can serve many arrays
-and datasets at once because entries are keyed by ``(store_id, array_path, chunk_key)``.
+and datasets at once because entries are keyed by ``(cache_identity, array_path, chunk_key)``,
+where ``cache_identity`` (:attr:`gpuzarr.storage.base.ChunkFetcher.cache_identity`) is never
+shared by two different stores.
 
 Guarantees:
 

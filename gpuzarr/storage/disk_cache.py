@@ -19,7 +19,10 @@ hit count, fetch latency). It is meant for remote data that is read over and ove
 :class:`CachingFetcher` is a :class:`~gpuzarr.storage.base.ChunkFetcher` that answers from
 a :class:`~gpuzarr.storage.cache.PinnedLRUCache` (memory tier) and/or a :class:`DiskCache`
 (disk tier) and fetches only the misses from the wrapped fetcher, filling both tiers.
-Byte ranges are part of the cache key, so shard sub-ranges cache too. Use it to give
+Byte ranges are part of the cache key, so shard sub-ranges cache too. Both tiers key on the
+fetcher's identity (:attr:`~gpuzarr.storage.base.ChunkFetcher.cache_identity`); the disk
+tier, which outlives the process, only for fetchers with a ``persistent_identity`` (others
+skip it, with a warning). Use it to give
 *any* fetcher caching; when the chunk reader already has a memory cache, wrap with the
 disk tier only so bytes are not held twice.
 """
@@ -33,12 +36,14 @@ import sqlite3
 import threading
 import time
 import uuid
+import warnings
 import zlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuzarr.errors import GpuzarrWarning
 from gpuzarr.storage.base import Buffer, ChunkFetcher, Range, SuffixRange, normalize_request
 
 _SCHEMA = """
@@ -336,17 +341,31 @@ class CachingFetcher(ChunkFetcher):
                  array_path: str = "", close_inner: bool = True) -> None:
         self.inner = fetcher
         self.memory = memory
+        if disk is not None and fetcher.persistent_identity is None:
+            # the disk tier outlives this process: only a location with a lasting name may be keyed in it
+            warnings.warn(
+                f"{fetcher.store_id}: this store has no lasting location (an in-memory or wrapped zarr store), so "
+                "its chunks are not kept in the disk cache; reads go to the store", GpuzarrWarning, stacklevel=3)
+            disk = None
         self.disk = disk
         self.array_path = array_path
         self.close_inner = close_inner
         self.store_id = fetcher.store_id
 
+    @property
+    def persistent_identity(self) -> str | None:
+        return self.inner.persistent_identity
+
+    @property
+    def cache_identity(self) -> str:
+        return self.inner.cache_identity
+
     def _memory_key(self, key: str, byte_range: Range) -> Hashable:
         token = range_token(byte_range)
-        return (self.store_id, self.array_path, f"{key}@{token}" if token else key)
+        return (self.cache_identity, self.array_path, f"{key}@{token}" if token else key)
 
     def _disk_key(self, key: str, byte_range: Range) -> str:
-        return f"{self.store_id}\x00{key}\x00{range_token(byte_range)}"
+        return f"{self.inner.persistent_identity}\x00{key}\x00{range_token(byte_range)}"
 
     def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
         """Cached bytes where present; the misses fetched in one batch and cached."""

@@ -138,6 +138,11 @@ class LocalFileFetcher(ChunkFetcher):
         self._pool_lock = threading.Lock()
         self._closed = False
 
+    @property
+    def persistent_identity(self) -> str:
+        """The resolved root as a ``file://`` URL: every fetcher of the same directory shares cache entries."""
+        return self.store_id
+
     # -- helpers -----------------------------------------------------------------
     def _path(self, key: str) -> str:
         """The file of ``key`` (a plain string: building ``Path`` objects per chunk is measurable)."""

@@ -155,7 +155,7 @@ class ChunkReader:
         """Whether each chunk at ``coords`` is in the encoded-chunk cache (all False without one)."""
         if self.cache is None or len(coords) == 0:
             return [False] * len(coords)
-        store_id = self.fetcher.store_id
+        store_id = self.fetcher.cache_identity
         return self.cache.contains_many([(store_id, self.array_path, k) for k in self.chunk_keys(coords)])
 
     def read(self, coords: np.ndarray, *, deferred: bool = False,
@@ -181,7 +181,7 @@ class ChunkReader:
         missing_idx = np.arange(len(coords))
         out: list[Buffer | None] = [None] * len(coords)
         if self.cache is not None:
-            store_id = self.fetcher.store_id
+            store_id = self.fetcher.cache_identity
             cache_keys = [(store_id, self.array_path, k) for k in self.chunk_keys(coords)]
             hits = self.cache.get_many(cache_keys)
             missing = [i for i, h in enumerate(hits) if h is None]
@@ -231,7 +231,9 @@ class ChunkReader:
                     raise CorruptChunkError(
                         f"{self.array_name}: shard index of {key!r} is corrupt: {exc}", array=self.array_name, key=key
                     ) from exc
-                decoded.append(np.asarray(index, dtype=np.uint64).reshape(*layout.chunks_per_shard, 2))
+                entries = np.asarray(index, dtype=np.uint64).reshape(*layout.chunks_per_shard, 2)
+                self._check_shard_index(entries, key)
+                decoded.append(entries)
             with self._index_lock:
                 for k, idx in zip(todo, decoded, strict=True):
                     self._index_cache[k] = idx
@@ -248,16 +250,53 @@ class ChunkReader:
                     self._index_cache.move_to_end(k)
         return [found[k] for k in keys]
 
+    def _check_shard_index(self, index: np.ndarray, key: str) -> None:
+        """Raise :class:`CorruptChunkError` unless every entry is empty or a plausible byte range.
+
+        The spec's empty entry is *both* fields 2**64-1; one of them alone is corruption
+        (read as empty it would silently return fill values). A range must fit in a
+        signed 64-bit offset, and with the index at the start it cannot overlap the index.
+        Ranges past the end of the shard are found when they are read.
+        """
+        assert self.shard is not None
+        offset, length = index[..., 0], index[..., 1]
+        off_max, len_max = offset == _MAX_UINT64, length == _MAX_UINT64
+        used = ~(off_max & len_max)
+        limit = np.uint64(2**63 - 1)
+        with np.errstate(over="ignore"):
+            beyond = (offset > limit) | (length > limit) | (offset > limit - length)
+        bad = (off_max ^ len_max) | (used & beyond)
+        if self.shard.index_location == "start":
+            bad |= used & (offset < np.uint64(self.shard.index_nbytes))
+        if not bad.any():
+            return
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        o, n = int(offset[where]), int(length[where])
+        if (o == 2**64 - 1) != (n == 2**64 - 1):
+            why = "only one of its fields is the 'empty' marker 2**64-1 (an empty entry has both)"
+        elif o < self.shard.index_nbytes and self.shard.index_location == "start" and not beyond[where]:
+            why = f"it overlaps the shard index (the first {self.shard.index_nbytes} bytes)"
+        else:
+            why = "it reaches beyond any possible shard"
+        raise CorruptChunkError(
+            f"{self.array_name}: shard index of {key!r} is corrupt: inner chunk {where} has offset {o} and "
+            f"length {n}; {why} ({int(bad.sum())} bad entries in this index)",
+            array=self.array_name, key=key,
+        )
+
     def _fetch_shard_ranges(self, keys: list[str], ranges: list[Any]) -> list[Buffer | None]:
         """Fetch byte ranges of shards; a range past a shard's end means the shard is truncated."""
         try:
             return self.fetcher.fetch(keys, ranges)
         except RangeNotSatisfiableError as exc:
-            raise CorruptChunkError(
-                f"{self.array_name}: shard {exc.key!r} is truncated or its index points past its end: {exc}",
-                array=self.array_name,
-                key=exc.key,
-            ) from exc
+            raise self._truncated(exc) from exc
+
+    def _truncated(self, exc: RangeNotSatisfiableError) -> CorruptChunkError:
+        return CorruptChunkError(
+            f"{self.array_name}: shard {exc.key!r} is truncated or its index points past its end: {exc}",
+            array=self.array_name,
+            key=exc.key,
+        )
 
     def _read_inner_chunks(self, coords: np.ndarray) -> list[Buffer | None]:
         assert self.shard is not None
@@ -297,8 +336,21 @@ class ChunkReader:
         g_start = starts[g_first]
         g_end = np.maximum.reduceat(ends, g_first)
         g_keys = [self._store_key(uniq[s]) for s in shard_of[g_first].tolist()]
-        blobs = self._fetch_shard_ranges(g_keys, [ByteRange(int(a), int(b - a))
-                                                  for a, b in zip(g_start, g_end, strict=True)])
+        try:
+            blobs = self.fetcher.fetch(g_keys, [ByteRange(int(a), int(b - a))
+                                                for a, b in zip(g_start, g_end, strict=True)])
+        except RangeNotSatisfiableError as exc:
+            # name the inner chunk of that shard whose range reaches furthest: the index points past the end
+            mine = np.asarray([g_keys[g] == exc.key for g in group_id.tolist()], dtype=bool)
+            if not mine.any():
+                raise self._truncated(exc) from exc
+            far = int(np.flatnonzero(mine)[np.argmax(ends[mine])])
+            where = tuple(int(i) for i in inner[idx[far]])
+            raise CorruptChunkError(
+                f"{self.array_name}: shard {exc.key!r} is truncated or its index points past its end: inner chunk "
+                f"{where} has offset {int(starts[far])} and length {int(lens[far])}: {exc}",
+                array=self.array_name, key=exc.key,
+            ) from exc
         for key, blob in zip(g_keys, blobs, strict=True):
             if blob is None:
                 raise CorruptChunkError(

@@ -257,11 +257,13 @@ class RemoteFetcher(ChunkFetcher):
                 raise ValueError(f"S3 URL {url!r} has no bucket")
             endpoint = self._options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or \
                 os.environ.get("AWS_ENDPOINT_URL") or ""
+            self._endpoint = str(endpoint)
             self.store_id = f"s3://{self.bucket}/{self.prefix}" + (f"@{endpoint}" if endpoint else "")
             self._obstore_config = obstore_options(self._options, endpoint, self.request_timeout)
             self.s3_client = self._choose_s3_client(s3_client)
         else:
             self.store_id = self.url
+            self._endpoint = ""
             self._obstore_config = None
             self.s3_client = None
         self._lock = threading.Lock()
@@ -273,6 +275,16 @@ class RemoteFetcher(ChunkFetcher):
         self._obstore: tuple[Any, ThreadPoolExecutor] | None = None
         self._obstore_pid = -1
         self._closed = False
+
+    @property
+    def persistent_identity(self) -> str:
+        """Canonical URL of the prefix (with its endpoint for S3): fetchers of the same place share cache entries."""
+        if self.scheme == "s3":
+            endpoint = self._endpoint.rstrip("/").lower()
+            return f"s3://{self.bucket}/{self.prefix}" + (f"@{endpoint}" if endpoint else "")
+        parsed = urlparse(self.url)
+        return parsed._replace(scheme=parsed.scheme.lower(), netloc=parsed.netloc.lower(),
+                               path=parsed.path.rstrip("/"), fragment="").geturl()
 
     def _choose_s3_client(self, wanted: str) -> str:
         if wanted == "s3fs":
