@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from gpuzarr.engines.device import resolve_engine
-from gpuzarr.errors import ArrayNotFoundError, GpuzarrError, NotAZarrArrayError, UnsupportedCodecError
+from gpuzarr.errors import ArrayNotFoundError, GpuzarrError, NotAZarrArrayError, RegionError, UnsupportedCodecError
 from gpuzarr.plan.planner import BatchPlan, plan_batch
 from gpuzarr.storage.reader import make_chunk_reader
 from gpuzarr.storage.select import make_fetcher
@@ -160,6 +160,12 @@ class ArrayHandle:
         normalises and re-lays out the batch (fused into assembly on the GPU). ``stream``: a
         CUDA stream (a CuPy stream, or a raw ``cudaStream_t`` as an int, e.g. a DALI pipeline's)
         the GPU engine queues its work on; the CPU engine ignores it.
+
+        ``regions`` is a list of region tuples (NumPy basic indexing: slices with step 1,
+        integers, ``...``). One region without its list, or a region NumPy or zarr would not
+        read the same way, raises :class:`~gpuzarr.errors.RegionError` naming the array and
+        the region. An empty list reads nothing and returns an empty batch: shape ``(0,)``
+        (there is no region to take a shape from), the array's dtype (or the transform's).
         """
         plan = self.plan(regions)
         return self.read_plan(plan, device=device, transform=transform, strict=strict, out=out, stream=stream)

@@ -89,10 +89,42 @@ def _describe(region: object) -> str:
                 a = "" if item.start is None else item.start
                 b = "" if item.stop is None else item.stop
                 parts.append(f"{a}:{b}" + ("" if item.step in (None, 1) else f":{item.step}"))
+            elif item is Ellipsis:
+                parts.append("...")
             else:
                 parts.append(repr(item))
         return "[" + ", ".join(parts) + "]"
+    if isinstance(region, slice):
+        return _describe((region,))
     return repr(region)
+
+
+def _is_bool(item: object) -> bool:
+    return isinstance(item, (bool, np.bool_)) or (isinstance(item, np.ndarray) and item.dtype == bool)
+
+
+def _as_region_list(regions: object, array_name: str) -> Sequence[object]:
+    """The batch as a sequence of regions; a single region passed without its list is an error saying so.
+
+    A batch is a list (or tuple) of regions, each region a tuple with one item per axis.
+    ``read_batch((0, slice(None)))`` would otherwise be read as two regions, ``0`` and
+    ``:``, and fail with a confusing message about shapes.
+    """
+    single = isinstance(regions, (slice, int, np.integer, np.bool_)) or regions is Ellipsis or (
+        isinstance(regions, tuple) and any(not isinstance(r, tuple) for r in regions))
+    if single:
+        raise RegionError(
+            f"{array_name}: got {_describe(regions)}, which is one region, not a batch; pass a list of region "
+            f"tuples, e.g. read_batch([{regions!r}]) (or handle[region] for one region)"
+        )
+    if isinstance(regions, Sequence) and not isinstance(regions, (str, bytes)):
+        return regions
+    if isinstance(regions, (str, bytes, np.ndarray)) or not hasattr(regions, "__iter__"):
+        raise RegionError(
+            f"{array_name}: a batch is a list of region tuples, got {type(regions).__name__} {regions!r:.80}; "
+            "pass e.g. [(slice(0, 64), slice(0, 64))]"
+        )
+    return list(regions)  # type: ignore[call-overload]
 
 
 def _expand_region(region: object, ndim: int, array_name: str) -> tuple[Any, ...]:
@@ -113,17 +145,35 @@ def _expand_region(region: object, ndim: int, array_name: str) -> tuple[Any, ...
     return tuple(items) + (slice(None),) * (ndim - len(items))
 
 
+def _slice_bound(value: object, region: object, d: int, array_name: str) -> int | None:
+    """A slice bound as an int, as NumPy takes it (``None``, ints, NumPy ints, ``bool``); RegionError otherwise."""
+    if value is None:
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise RegionError(
+            f"{array_name}: region {_describe(region)} has a slice bound {value!r} ({type(value).__name__}) on "
+            f"axis {d}; slice bounds must be integers or None"
+        ) from None
+
+
 def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_name: str) -> RegionBounds:
     """Check every region against ``shape`` and return them as start/stop arrays.
 
-    Accepts per axis a ``slice`` with step 1 (``None`` and negative bounds as in
-    Python) or an integer (negative counts from the end). Unlike NumPy, a slice that
-    reaches past the array is an error, not silently clipped: a crop that falls off
-    the array is almost always a bug in the sampler, and a silently smaller crop
-    could not be stacked with the others.
+    Accepts exactly NumPy's basic indexing without new axes, per axis: a ``slice`` with
+    step 1 (bounds ``None``, Python or NumPy integers, negative from the end; a reversed
+    slice is empty), an integer (Python or NumPy; negative counts from the end), and one
+    ``...``. Fewer items than axes mean ``:`` for the rest. Unlike NumPy, a slice that
+    reaches past the array is an error, not silently clipped: a crop that falls off the
+    array is almost always a bug in the sampler, and a silently smaller crop could not be
+    stacked with the others. Rejected like zarr-python does: a ``bool`` (NumPy reads
+    ``a[True]`` as a new axis and a mask, never as row 1), floats, ``None``, lists and
+    arrays, steps other than 1, more indices than axes.
 
     Raises :class:`RegionError` naming the array, the region and the bounds.
     """
+    regions = _as_region_list(regions, array_name)
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
     n = len(regions)
@@ -135,13 +185,16 @@ def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_nam
         axes = []
         for d, (item, size) in enumerate(zip(items, shape, strict=True)):
             if isinstance(item, slice):
-                if item.step not in (None, 1):
+                step = _slice_bound(item.step, region, d, array_name)
+                if step not in (None, 1):
                     raise RegionError(
                         f"{array_name}: region {_describe(region)} has step {item.step} on axis {d}; "
                         "only contiguous regions (step 1) are supported"
                     )
-                lo = 0 if item.start is None else operator.index(item.start)
-                hi = size if item.stop is None else operator.index(item.stop)
+                lo = _slice_bound(item.start, region, d, array_name)
+                hi = _slice_bound(item.stop, region, d, array_name)
+                lo = 0 if lo is None else lo
+                hi = size if hi is None else hi
                 lo_n = lo + size if lo < 0 else lo
                 hi_n = hi + size if hi < 0 else hi
                 if not (0 <= lo_n <= size and 0 <= hi_n <= size):
@@ -152,12 +205,19 @@ def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_nam
                 starts[r, d] = lo_n
                 stops[r, d] = max(hi_n, lo_n)
             else:
+                if _is_bool(item):
+                    raise RegionError(
+                        f"{array_name}: region {_describe(region)} has the boolean {item!r} on axis {d}; a bool is "
+                        "not a row number (NumPy reads it as a mask, zarr refuses it); use an integer or a slice"
+                    )
                 try:
+                    if isinstance(item, np.ndarray):  # zarr refuses 0-d arrays too: only scalars index one element
+                        raise TypeError
                     idx = operator.index(item)
                 except TypeError:
                     raise RegionError(
                         f"{array_name}: region {_describe(region)} has an unsupported index "
-                        f"{item!r} on axis {d}; use slices or integers"
+                        f"{item!r} ({type(item).__name__}) on axis {d}; use slices with step 1 or integers"
                     ) from None
                 idx_n = idx + size if idx < 0 else idx
                 if not 0 <= idx_n < size:
