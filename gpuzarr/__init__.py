@@ -14,6 +14,7 @@ from __future__ import annotations
 from gpuzarr.api import ArrayHandle, GroupHandle, open_array, open_group
 from gpuzarr.errors import (
     ArrayNotFoundError,
+    ConfigurationError,
     CorruptChunkError,
     CpuFallbackWarning,
     DeviceUnavailableError,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayHandle",
     "ArrayNotFoundError",
+    "ConfigurationError",
     "CorruptChunkError",
     "CpuFallbackWarning",
     "DeviceUnavailableError",

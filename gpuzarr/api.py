@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from gpuzarr.engines.device import resolve_engine
-from gpuzarr.errors import ArrayNotFoundError, GpuzarrError, NotAZarrArrayError, RegionError, UnsupportedCodecError
+from gpuzarr.errors import (
+    ArrayNotFoundError,
+    ConfigurationError,
+    FetchError,
+    GpuzarrError,
+    NotAZarrArrayError,
+    UnsupportedCodecError,
+)
 from gpuzarr.plan.planner import BatchPlan, plan_batch
 from gpuzarr.storage.reader import make_chunk_reader
 from gpuzarr.storage.select import make_fetcher
@@ -121,7 +128,7 @@ class ArrayHandle:
         self.dtype: np.dtype = self.chain.dtype
         self.fill_value = np.asarray(meta.fill_value, dtype=self.dtype)[()]
         if readahead and cache is None:
-            raise ValueError(f"{self.name}: readahead prefetches into the chunk cache; open the array with one, "
+            raise ConfigurationError(f"{self.name}: readahead prefetches into the chunk cache; open the array with one, "
                              "e.g. cache=gpuzarr.PinnedLRUCache(1 << 30)")
         self.readahead = int(readahead)
         # (pid, Prefetcher, StridePrefetcher, recent tickets): made on first read, per process
@@ -176,15 +183,21 @@ class ArrayHandle:
         if self.readahead:
             self._readahead(plan.chunk_coords)
         engine = resolve_engine(device, strict=strict)
-        encoded = self.reader.read(plan.chunk_coords, deferred=engine.loads_deferred_reads,
-                                   to_device=engine.takes_device_batches(self.chain))
-        keys = self.reader.lazy_chunk_keys(plan.chunk_coords)
-        if stream is not None and engine.name != "cpu":
-            with _cuda_stream(stream):
-                return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
-                                                  array_name=self.name, transform=transform, out=out)
-        return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
-                                          array_name=self.name, transform=transform, out=out)
+        try:
+            encoded = self.reader.read(plan.chunk_coords, deferred=engine.loads_deferred_reads,
+                                       to_device=engine.takes_device_batches(self.chain))
+            keys = self.reader.lazy_chunk_keys(plan.chunk_coords)
+            if stream is not None and engine.name != "cpu":
+                with _cuda_stream(stream):
+                    return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
+                                                      array_name=self.name, transform=transform, out=out)
+            return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
+                                              array_name=self.name, transform=transform, out=out)
+        except FetchError as exc:  # fetchers know the store and key, not which array asked
+            named = exc.naming(self.name)
+            if named is exc:
+                raise
+            raise named from exc.__cause__ or exc
 
     def __getitem__(self, region: object) -> Any:
         """One region on the CPU, like ``zarr_array[region]`` (slices with step 1 and integers)."""
@@ -196,7 +209,7 @@ class ArrayHandle:
         from gpuzarr.storage.prefetch import Prefetcher
 
         if self.reader.cache is None:
-            raise ValueError(f"{self.name}: prefetching needs the array opened with a cache")
+            raise ConfigurationError(f"{self.name}: prefetching needs the array opened with a cache")
 
         def as_coords(keys: list[tuple[int, ...]]) -> np.ndarray:
             return np.asarray(keys, dtype=np.int64).reshape(-1, self.ndim)

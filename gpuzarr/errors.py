@@ -21,6 +21,11 @@ class NotAZarrArrayError(GpuzarrError, ValueError):
     """The path holds something, but not a Zarr array (a group, or foreign data)."""
 
 
+class ConfigurationError(GpuzarrError, ValueError):
+    """An argument or storage option is invalid: an unknown device or S3 client, a URL scheme no fetcher
+    reads, a feature asked for without what it needs (``readahead`` without a cache)."""
+
+
 class RegionError(GpuzarrError, IndexError):
     """A region is out of bounds, has an unsupported step, or differs in shape from the rest."""
 
@@ -47,11 +52,18 @@ class GpuFallbackError(GpuzarrError, RuntimeError):
 
 
 class FetchError(GpuzarrError, OSError):
-    """Reading bytes from storage failed after the retry budget was spent."""
+    """Reading bytes from storage failed after the retry budget was spent, or storage cannot be reached."""
 
-    def __init__(self, message: str, *, key: str = "") -> None:
+    def __init__(self, message: str, *, key: str = "", array: str = "") -> None:
         super().__init__(message)
         self.key = key
+        self.array = array
+
+    def naming(self, array: str) -> FetchError:
+        """The same error (same class and key) with the array named, for layers that know it."""
+        if self.array or (array and str(self).startswith(f"{array}:")):
+            return self
+        return type(self)(f"{array}: {self}", key=self.key, array=array)
 
 
 class RangeNotSatisfiableError(FetchError):

@@ -12,7 +12,7 @@ import threading
 from typing import Any, Literal
 
 from gpuzarr import _optional
-from gpuzarr.errors import DeviceUnavailableError
+from gpuzarr.errors import ConfigurationError, DeviceUnavailableError
 
 Device = Literal["cpu", "cuda", "auto"]
 
@@ -22,7 +22,7 @@ _lock = threading.Lock()
 def resolve_device(device: str) -> Literal["cpu", "cuda"]:
     """Turn a user's device request into the engine that will run it."""
     if device not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
+        raise ConfigurationError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
     if device == "cpu":
         return "cpu"
     gpu = _optional.gpu_engine()

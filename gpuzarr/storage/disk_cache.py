@@ -15,6 +15,16 @@ hit count, fetch latency). It is meant for remote data that is read over and ove
   budget no matter how many processes write. Files of evicted rows are unlinked after
   the commit; a reader that loses that race just sees a miss.
 * **Least-recently-used eviction** by ``last_access``.
+* **Heals itself.** A damaged index (not a database, a malformed page, a missing
+  table: a disk error, a half-copied directory) raises no error to the reader: the
+  process that meets it warns (:class:`~gpuzarr.errors.GpuzarrWarning`), starts a new,
+  empty index generation and carries on; the read is served from the store. Each
+  generation has its own file (``index-<id>.sqlite3``, named in ``index.current``), so
+  a connection another process still holds on the damaged one can never touch the new
+  one's files; every process moves to the current generation on its next call. Files
+  that belonged to the damaged index are removed. Rows only ever name files written
+  with them and every read is checked against the row's size and CRC-32, so healing
+  can lose entries but never serve wrong bytes.
 
 :class:`CachingFetcher` is a :class:`~gpuzarr.storage.base.ChunkFetcher` that answers from
 a :class:`~gpuzarr.storage.cache.PinnedLRUCache` (memory tier) and/or a :class:`DiskCache`
@@ -30,15 +40,18 @@ disk tier only so bytes are not held twice.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import hashlib
 import os
+import re
 import sqlite3
 import threading
 import time
 import uuid
 import warnings
 import zlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +74,36 @@ CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_access);
 """
 
 
+_LEGACY_INDEX = "index.sqlite3"
+_GENERATION = re.compile(r"index-[0-9a-f]{32}\.sqlite3")
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an SQLite error means the index file itself is damaged (not busy, not a full disk)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in ("malformed", "not a database", "no such table", "no such column"))
+
+
+def _healing[T](method: Callable[..., T]) -> Callable[..., T]:
+    """Run ``method``; if the index turns out damaged, rebuild it empty (with a warning) and run it once more."""
+
+    @functools.wraps(method)
+    def wrapper(self: DiskCache, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            self._rebuild(exc)
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 @dataclass(frozen=True, slots=True)
 class DiskCacheStats:
     """Counters of this process plus the shared index's totals."""
@@ -74,6 +117,7 @@ class DiskCacheStats:
     entries: int
     bytes_used: int
     max_bytes: int
+    rebuilds: int = 0  #: damaged indexes this process replaced by an empty one
 
 
 def range_token(byte_range: Range) -> str:
@@ -95,15 +139,15 @@ class DiskCache:
         self.tmp_dir = self.directory / "tmp"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.index_path = self.directory / "index.sqlite3"
+        self.pointer_path = self.directory / "index.current"
         self.max_bytes = int(max_bytes)
         self.fsync = fsync
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._counter_lock = threading.Lock()
         self._hits = self._misses = self._corrupt = self._insertions = self._evictions = self._rejected = 0
-        with self._connection() as connection:
-            connection.executescript(_SCHEMA)
+        self._rebuilds = 0
+        self._open()
         if sweep_orphans_older_than_s is not None:
             self.sweep(sweep_orphans_older_than_s)
 
@@ -117,17 +161,88 @@ class DiskCache:
         self.busy_timeout_s = state["busy_timeout_s"]
 
     # -- sqlite ------------------------------------------------------------------
+    @property
+    def index_path(self) -> Path:
+        """The current index generation's file (see the module docstring)."""
+        return self.directory / self._generation()
+
+    def _generation(self) -> str:
+        try:
+            name = self.pointer_path.read_text().strip()
+        except FileNotFoundError:
+            return _LEGACY_INDEX
+        if not _GENERATION.fullmatch(name):
+            raise sqlite3.DatabaseError(f"index pointer {self.pointer_path} is not a database name: {name[:60]!r}")
+        return name
+
+    @_healing
+    def _open(self) -> None:
+        self._connection().executescript(_SCHEMA)
+
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
-        if connection is None or getattr(self._local, "pid", None) != os.getpid():
-            connection = sqlite3.connect(self.index_path, timeout=self.busy_timeout_s, isolation_level=None,
-                                         check_same_thread=True)
-            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            self._enable_wal(connection)
-            connection.execute("PRAGMA synchronous = NORMAL")
+        generation = self._generation()
+        if (connection is None or getattr(self._local, "pid", None) != os.getpid()
+                or getattr(self._local, "generation", None) != generation):
+            if connection is not None and getattr(self._local, "pid", None) == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    connection.close()
+            self._local.connection = None
+            connection = sqlite3.connect(self.directory / generation, timeout=self.busy_timeout_s,
+                                         isolation_level=None, check_same_thread=True)
+            try:
+                connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+                self._enable_wal(connection)
+                connection.execute("PRAGMA synchronous = NORMAL")
+                if generation != _LEGACY_INDEX:  # a new generation may be seen before its creator made the table
+                    connection.executescript(_SCHEMA)
+            except BaseException:
+                connection.close()
+                raise
             self._local.connection = connection
             self._local.pid = os.getpid()
+            self._local.generation = generation
         return connection
+
+    def _rebuild(self, exc: BaseException) -> None:
+        """Start a new, empty index generation after ``exc`` showed the current one damaged (see module docstring)."""
+        with open(self.directory / "index.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process rebuilds; the others then see the new pointer
+            try:
+                damaged = self._generation()
+            except sqlite3.DatabaseError:
+                damaged = None  # the pointer itself is garbage
+            seen = getattr(self._local, "generation", None)
+            connection = getattr(self._local, "connection", None)
+            self._local.connection = None
+            if connection is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.close()
+            if damaged is not None and seen is not None and damaged != seen:
+                return  # another process (or thread) rebuilt it already: reconnect to the new one
+            fresh = f"index-{uuid.uuid4().hex}.sqlite3"
+            fresh_connection = sqlite3.connect(self.directory / fresh, isolation_level=None)
+            try:
+                fresh_connection.executescript(_SCHEMA)
+            finally:
+                fresh_connection.close()
+            temp = self.tmp_dir / f"{uuid.uuid4().hex}.pointer"
+            temp.write_text(fresh)
+            os.replace(temp, self.pointer_path)
+            for suffix in ("", "-wal", "-shm", "-journal") if damaged else ():
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / f"{damaged}{suffix}").unlink()
+            removed = 0
+            for path in self.data_dir.glob("*/*"):  # every file belonged to the damaged index
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        self._rebuilds += 1
+        warnings.warn(
+            f"disk cache {self.directory}: its index was damaged ({type(exc).__name__}: {exc}); started a new, "
+            f"empty index and removed {removed} cached files; reads go to the store meanwhile",
+            GpuzarrWarning, stacklevel=4,
+        )
 
     def _enable_wal(self, connection: sqlite3.Connection) -> None:
         """Switch the index to WAL, retrying while another process holds the lock.
@@ -164,6 +279,7 @@ class DiskCache:
                 setattr(self, f"_{name}", getattr(self, f"_{name}") + delta)
 
     # -- reads -------------------------------------------------------------------
+    @_healing
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Bytes of each key (``None`` on a miss or a failed verification)."""
         if not keys:
@@ -230,6 +346,7 @@ class DiskCache:
                 os.close(directory)
         return name
 
+    @_healing
     def put_many(self, items: Sequence[tuple[str, Buffer, float]]) -> int:
         """Store ``(key, data, fetch_latency_s)`` items; returns how many were stored."""
         written: list[tuple[str, str, int, int, float]] = []
@@ -278,6 +395,7 @@ class DiskCache:
         return self.put_many([(key, data, fetch_latency_s)]) == 1
 
     # -- maintenance -------------------------------------------------------------
+    @_healing
     def sweep(self, older_than_s: float = 3600.0) -> int:
         """Remove temp files and files without an index row older than ``older_than_s``.
 
@@ -290,6 +408,14 @@ class DiskCache:
             with contextlib.suppress(FileNotFoundError):
                 if temp.stat().st_mtime <= cutoff:
                     temp.unlink()
+                    removed += 1
+        current = self._generation()
+        for path in self.directory.glob("index*.sqlite3*"):  # generations left by a rebuild elsewhere
+            if path.name.startswith(current):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
                     removed += 1
         known = {row[0] for row in self._connection().execute("SELECT file FROM entries")}
         for path in self.data_dir.glob("*/*"):
@@ -305,6 +431,7 @@ class DiskCache:
                             removed += 1
         return removed
 
+    @_healing
     def verify(self) -> list[str]:
         """Keys whose file is missing or fails its length / CRC check (and drop them)."""
         rows = list(self._connection().execute("SELECT key FROM entries"))
@@ -312,16 +439,18 @@ class DiskCache:
         results = self.get_many(keys)
         return [k for k, r in zip(keys, results, strict=True) if r is None]
 
+    @_healing
     def bytes_used(self) -> int:
         """Total size of indexed entries (shared across processes)."""
         return int(self._connection().execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
 
+    @_healing
     def stats(self) -> DiskCacheStats:
         """This process's counters plus the shared totals."""
         entries, used = self._connection().execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries").fetchone()
         with self._counter_lock:
             return DiskCacheStats(self._hits, self._misses, self._corrupt, self._insertions, self._evictions,
-                                  self._rejected, int(entries), int(used), self.max_bytes)
+                                  self._rejected, int(entries), int(used), self.max_bytes, self._rebuilds)
 
     def close(self) -> None:
         """Close this thread's index connection."""
@@ -379,7 +508,9 @@ class CachingFetcher(ChunkFetcher):
             todo = [i for i, hit in zip(todo, hits, strict=True) if hit is None]
         from_disk: list[int] = []
         if self.disk is not None and todo:
-            hits = self.disk.get_many([self._disk_key(keys[i], ranges[i]) for i in todo])
+            hits = self._disk_call("read", self.disk.get_many, [self._disk_key(keys[i], ranges[i]) for i in todo])
+            if hits is None:
+                hits = [None] * len(todo)
             for i, hit in zip(todo, hits, strict=True):
                 if hit is not None:
                     out[i] = hit
@@ -395,11 +526,25 @@ class CachingFetcher(ChunkFetcher):
                 if data is not None:
                     fetched_ok.append(i)
             if self.disk is not None and fetched_ok:
-                self.disk.put_many([(self._disk_key(keys[i], ranges[i]), out[i], latency)  # type: ignore[misc]
-                                    for i in fetched_ok])
+                self._disk_call("write", self.disk.put_many,
+                                [(self._disk_key(keys[i], ranges[i]), out[i], latency) for i in fetched_ok])
         if self.memory is not None and (fetched_ok or from_disk):
             self.memory.put_many([(self._memory_key(keys[i], ranges[i]), out[i]) for i in fetched_ok + from_disk])
         return out
+
+    def _disk_call[T](self, what: str, method: Callable[[Any], T], argument: Any) -> T | None:
+        """A disk-tier call that cannot fail the read: on an error the tier is skipped for this batch, with a warning.
+
+        A damaged index heals itself (see :class:`DiskCache`); what is left (a full or
+        read-only disk, a lock held past the busy timeout) must not stop reads from the store.
+        """
+        try:
+            return method(argument)
+        except (sqlite3.Error, OSError) as exc:
+            warnings.warn(f"disk cache {self.disk.directory if self.disk else ''}: {what} failed "
+                          f"({type(exc).__name__}: {exc}); reading from {self.store_id} without it for this batch",
+                          GpuzarrWarning, stacklevel=4)
+            return None
 
     def prefetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> None:
         """Bring keys into the caches without returning them (for :mod:`gpuzarr.storage.prefetch`)."""

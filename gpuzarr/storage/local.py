@@ -152,7 +152,7 @@ class LocalFileFetcher(ChunkFetcher):
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._closed:
-            raise RuntimeError(f"fetcher for {self.store_id} is closed")
+            raise FetchError(f"{self.store_id}: this array was closed; open it again to read from it")
         with self._pool_lock:
             # a forked child (DataLoader workers) inherits the pool object but not its threads
             if self._pool is None or self._pool_pid != os.getpid():

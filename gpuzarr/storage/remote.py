@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from gpuzarr.errors import DeviceUnavailableError
+from gpuzarr.errors import ConfigurationError, DeviceUnavailableError, FetchError
 from gpuzarr.storage.base import (
     Buffer,
     ByteRange,
@@ -236,7 +236,7 @@ class RemoteFetcher(ChunkFetcher):
         options = dict(storage_options or {})
         parsed = urlparse(url)
         if parsed.scheme not in ("s3", "s3a", "http", "https"):
-            raise ValueError(f"RemoteFetcher needs an s3:// or http(s):// URL, got {url!r}")
+            raise ConfigurationError(f"RemoteFetcher needs an s3:// or http(s):// URL, got {url!r}")
         self.scheme = "s3" if parsed.scheme in ("s3", "s3a") else "http"
         self.url = url.rstrip("/")
         self.retry = retry or options.get("retry") or DEFAULT_RETRY_POLICY
@@ -245,7 +245,7 @@ class RemoteFetcher(ChunkFetcher):
         want_kvikio = options.get("use_kvikio") if use_kvikio is None else use_kvikio
         s3_client = str(options.get("s3_client") or "auto")
         if s3_client not in S3_CLIENTS:
-            raise ValueError(f"s3_client must be one of {S3_CLIENTS}, got {s3_client!r}")
+            raise ConfigurationError(f"s3_client must be one of {S3_CLIENTS}, got {s3_client!r}")
         self.use_kvikio = cuda_io_usable() and want_kvikio is not False and _kvikio_remote_available()
         self._options = normalise_s3_options(options) if self.scheme == "s3" else {
             k: v for k, v in options.items() if k not in FETCHER_ONLY_OPTIONS
@@ -254,7 +254,7 @@ class RemoteFetcher(ChunkFetcher):
             self.bucket = parsed.netloc
             self.prefix = parsed.path.strip("/")
             if not self.bucket:
-                raise ValueError(f"S3 URL {url!r} has no bucket")
+                raise ConfigurationError(f"S3 URL {url!r} has no bucket")
             endpoint = self._options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or \
                 os.environ.get("AWS_ENDPOINT_URL") or ""
             self._endpoint = str(endpoint)
@@ -295,7 +295,7 @@ class RemoteFetcher(ChunkFetcher):
                 "these storage_options need s3fs (only key/secret/token, anon, endpoint_url, region and " \
                 "requester_pays map to obstore, with credentials given or in AWS_ACCESS_KEY_ID, and an endpoint_url " \
                 "or a region given)"
-            raise ValueError(f"s3_client='obstore' for {self.url}: {why}")
+            raise ConfigurationError(f"s3_client='obstore' for {self.url}: {why}")
         return "obstore" if usable else "s3fs"
 
     # -- setup -------------------------------------------------------------------
@@ -504,7 +504,7 @@ class RemoteFetcher(ChunkFetcher):
     def fetch(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> list[Buffer | None]:
         """Read a batch concurrently; host ``bytes`` per key, ``None`` for a missing key."""
         if self._closed:
-            raise RuntimeError(f"fetcher for {self.store_id} is closed")
+            raise FetchError(f"{self.store_id}: this array was closed; open it again to read from it")
         keys, ranges = normalize_request(keys, ranges)
         if not keys:
             return []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from gpuzarr.errors import ConfigurationError
 from gpuzarr.storage.base import ChunkFetcher
 
 _REMOTE_SCHEMES = ("s3", "s3a", "http", "https")
@@ -39,7 +40,7 @@ def fetcher_for_location(location: str | os.PathLike[str], storage_options: Mapp
     if parsed.scheme == "file":
         return LocalFileFetcher(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:
-        raise ValueError(f"no fetcher for URL scheme {parsed.scheme!r} in {text!r}; open it with zarr and pass the store")
+        raise ConfigurationError(f"no fetcher for URL scheme {parsed.scheme!r} in {text!r}; open it with zarr and pass the store")
     return LocalFileFetcher(Path(text))
 
 
