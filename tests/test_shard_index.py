@@ -138,3 +138,18 @@ def test_crafted_entries_read_as_zarr_or_raise_named(tmp_path_factory: pytest.Te
     with pytest.raises(CorruptChunkError) as info:
         read_shard(path)
     assert_names_inner(info.value, path, inner)
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_zarr_pipeline_plugin_checks_the_index_too(tmp_path: Path, index_location: str) -> None:
+    """zarr reading through gpuzarr's codec pipeline uses the same index check: one field at max is corrupt."""
+    path = tmp_path / "s.zarr"
+    make_sharded(path, index_location)
+    file = path / SHARD_KEY
+    at = 0 if index_location == "start" else file.stat().st_size - INDEX_BYTES
+    real = np.frombuffer(file.read_bytes()[at : at + 32], dtype="<u8").reshape(-1, 2)[1]
+    set_entry(path, index_location, 1, MAX, int(real[1]))
+    with zarr.config.set({"codec_pipeline.path": "gpuzarr.GpuzarrCodecPipeline"}):
+        arr = zarr.open_array(str(path), mode="r")
+        with pytest.raises(CorruptChunkError, match=r"inner chunk \(0, 1\).*only one of its fields"):
+            arr[0:4, 4:8]

@@ -66,7 +66,7 @@ from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
 from gpuzarr.errors import CorruptChunkError, GpuzarrError, GpuzarrWarning, UnsupportedCodecError
 from gpuzarr.plan.planner import BatchPlan
 from gpuzarr.storage.base import DeferredRead
-from gpuzarr.storage.reader import ShardLayout
+from gpuzarr.storage.reader import ShardLayout, check_shard_index
 
 __all__ = ["GpuzarrCodecPipeline", "PipelineFallbackWarning", "PipelineUnsupportedError", "read_stats"]
 
@@ -448,6 +448,8 @@ class _Job:
             except CorruptChunkError as exc:
                 raise CorruptChunkError(f"shard index of {key!r} is corrupt: {exc}", key=key) from exc
             index = np.asarray(index, dtype=np.uint64).reshape(-1, 2)
+            # one field at 2**64-1 is corrupt, not empty: the one check the chunk reader makes too
+            check_shard_index(index.reshape(*shard.chunks_per_shard, 2), shard, key, "shard index")
             members = np.flatnonzero(self.piece_item == i)
             if not members.size:
                 continue

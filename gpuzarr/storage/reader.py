@@ -94,6 +94,42 @@ class ShardLayout:
     index_chain: DecodeChain
 
 
+def check_shard_index(index: np.ndarray, layout: ShardLayout, key: str, array_name: str) -> None:
+    """Raise :class:`CorruptChunkError` unless every entry of a decoded shard index is empty or a plausible range.
+
+    ``index`` is ``(*chunks_per_shard, 2)`` uint64. The spec's empty entry is *both* fields
+    2**64-1; one of them alone is corruption (read as empty it would silently return fill
+    values). A range must fit in a signed 64-bit offset, and with the index at the start it
+    cannot overlap the index. Ranges past the end of the shard are found when they are read.
+    One vectorised pass per index; the message names the array, the shard key and the first
+    bad inner chunk.
+    """
+    offset, length = index[..., 0], index[..., 1]
+    off_max, len_max = offset == _MAX_UINT64, length == _MAX_UINT64
+    used = ~(off_max & len_max)
+    limit = np.uint64(2**63 - 1)
+    with np.errstate(over="ignore"):
+        beyond = (offset > limit) | (length > limit) | (offset > limit - length)
+    bad = (off_max ^ len_max) | (used & beyond)
+    if layout.index_location == "start":
+        bad |= used & (offset < np.uint64(layout.index_nbytes))
+    if not bad.any():
+        return
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    o, n = int(offset[where]), int(length[where])
+    if (o == 2**64 - 1) != (n == 2**64 - 1):
+        why = "only one of its fields is the 'empty' marker 2**64-1 (an empty entry has both)"
+    elif o < layout.index_nbytes and layout.index_location == "start" and not beyond[where]:
+        why = f"it overlaps the shard index (the first {layout.index_nbytes} bytes)"
+    else:
+        why = "it reaches beyond any possible shard"
+    raise CorruptChunkError(
+        f"{array_name}: shard index of {key!r} is corrupt: inner chunk {where} has offset {o} and "
+        f"length {n}; {why} ({int(bad.sum())} bad entries in this index)",
+        array=array_name, key=key,
+    )
+
+
 class ChunkReader:
     """Reads the encoded bytes of chunks (by grid coordinates) of one array."""
 
@@ -232,7 +268,7 @@ class ChunkReader:
                         f"{self.array_name}: shard index of {key!r} is corrupt: {exc}", array=self.array_name, key=key
                     ) from exc
                 entries = np.asarray(index, dtype=np.uint64).reshape(*layout.chunks_per_shard, 2)
-                self._check_shard_index(entries, key)
+                check_shard_index(entries, layout, key, self.array_name)
                 decoded.append(entries)
             with self._index_lock:
                 for k, idx in zip(todo, decoded, strict=True):
@@ -249,40 +285,6 @@ class ChunkReader:
                 for k in found:
                     self._index_cache.move_to_end(k)
         return [found[k] for k in keys]
-
-    def _check_shard_index(self, index: np.ndarray, key: str) -> None:
-        """Raise :class:`CorruptChunkError` unless every entry is empty or a plausible byte range.
-
-        The spec's empty entry is *both* fields 2**64-1; one of them alone is corruption
-        (read as empty it would silently return fill values). A range must fit in a
-        signed 64-bit offset, and with the index at the start it cannot overlap the index.
-        Ranges past the end of the shard are found when they are read.
-        """
-        assert self.shard is not None
-        offset, length = index[..., 0], index[..., 1]
-        off_max, len_max = offset == _MAX_UINT64, length == _MAX_UINT64
-        used = ~(off_max & len_max)
-        limit = np.uint64(2**63 - 1)
-        with np.errstate(over="ignore"):
-            beyond = (offset > limit) | (length > limit) | (offset > limit - length)
-        bad = (off_max ^ len_max) | (used & beyond)
-        if self.shard.index_location == "start":
-            bad |= used & (offset < np.uint64(self.shard.index_nbytes))
-        if not bad.any():
-            return
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        o, n = int(offset[where]), int(length[where])
-        if (o == 2**64 - 1) != (n == 2**64 - 1):
-            why = "only one of its fields is the 'empty' marker 2**64-1 (an empty entry has both)"
-        elif o < self.shard.index_nbytes and self.shard.index_location == "start" and not beyond[where]:
-            why = f"it overlaps the shard index (the first {self.shard.index_nbytes} bytes)"
-        else:
-            why = "it reaches beyond any possible shard"
-        raise CorruptChunkError(
-            f"{self.array_name}: shard index of {key!r} is corrupt: inner chunk {where} has offset {o} and "
-            f"length {n}; {why} ({int(bad.sum())} bad entries in this index)",
-            array=self.array_name, key=key,
-        )
 
     def _fetch_shard_ranges(self, keys: list[str], ranges: list[Any]) -> list[Buffer | None]:
         """Fetch byte ranges of shards; a range past a shard's end means the shard is truncated."""
