@@ -51,10 +51,75 @@ def _split_options(storage_options: dict[str, Any]) -> tuple[dict[str, Any], dic
     return {k: v for k, v in storage_options.items() if k not in ours}, ours
 
 
+#: names of exceptions (from botocore, aiohttp, obstore, the OS) that mean "storage could not be reached or refused us"
+_UNREACHABLE = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError", "ProxyConnectionError",
+    "ClientConnectorError", "ServerDisconnectedError", "ServerTimeoutError", "NoCredentialsError",
+    "PartialCredentialsError", "CredentialRetrievalError", "NoRegionError", "gaierror", "SSLError",
+})
+
+
+def _storage_failure(exc: BaseException) -> BaseException | None:
+    """The exception in ``exc``'s chain saying that storage could not be reached, or refused the credentials."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError, PermissionError)) or \
+                type(current).__name__ in _UNREACHABLE:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _unreachable_error(full: str, where: str, options: dict[str, Any], cause: BaseException) -> FetchError:
+    """A FetchError saying which store could not be read, from where, and why (with a hint for credentials)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(where)
+    if parsed.scheme in ("s3", "s3a"):
+        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url") or \
+            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        target = f"S3 bucket {parsed.netloc!r} at {endpoint}"
+    else:
+        target = f"{parsed.scheme}://{parsed.netloc}"
+    text = f"{type(cause).__name__}: {cause}" if not isinstance(cause, FetchError) else str(cause)
+    hint = ""
+    if "credential" in text.lower() and "anon" not in options:
+        hint = ("; give key= and secret= (or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile=), "
+                "or anon=True for a public bucket")
+    return FetchError(f"{full}: could not read from the {target}: {text}{hint}")
+
+
+def _probe_remote(where: str, path: str | None, options: dict[str, Any]) -> None:
+    """Read the array's ``zarr.json`` with gpuzarr's own fetcher before zarr opens the URL.
+
+    An unreachable endpoint or missing credentials then fail here as a :class:`FetchError`
+    saying what and why, once and with our retry policy, instead of as zarr's "not a
+    readable Zarr array" after zarr's concurrent metadata reads (whose abandoned requests
+    also print tracebacks at exit). A missing key is no error here: zarr decides.
+    """
+    from gpuzarr.storage.remote import RemoteFetcher
+
+    key = f"{path.strip('/')}/zarr.json" if path else "zarr.json"
+    fetcher = RemoteFetcher(where, options)
+    try:
+        fetcher.fetch([key])
+    except FetchError as exc:
+        full = f"{where}{'/' + path if path else ''}"
+        raise _unreachable_error(full, where, options, exc) from exc
+    finally:
+        fetcher.close()
+
+
 def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, Any]) -> Any:
     """Open ``source`` read-only with zarr-python, mapping its errors onto ours."""
     import zarr
 
+    from gpuzarr.storage.remote import normalise_s3_options
+    from gpuzarr.storage.select import _is_remote_url
+
+    all_options = dict(storage_options)
     storage_options, _ = _split_options(storage_options)
 
     if not isinstance(source, (str, os.PathLike)):
@@ -65,6 +130,12 @@ def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, An
     where = os.fspath(source)
     if "://" not in where and not os.path.exists(where):
         raise ArrayNotFoundError(f"{where}: no such file or directory")
+    if _is_remote_url(where):
+        if where.split("://", 1)[0] in ("s3", "s3a"):
+            # region= / region_name= / aws_* spellings (docs/storage.md) mean to s3fs what they mean to our fetcher
+            storage_options = normalise_s3_options(storage_options)
+        _probe_remote(where, path, all_options)
+    full = f"{where}{'/' + path if path else ''}"
     try:
         kwargs: dict[str, Any] = {"mode": "r"}
         if storage_options:
@@ -75,8 +146,10 @@ def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, An
     except GpuzarrError:
         raise
     except Exception as exc:  # zarr raises many kinds: NodeNotFound, FileNotFound, KeyError, JSON and auth errors
-        full = f"{where}{'/' + path if path else ''}"
         kind = type(exc).__name__
+        failure = _storage_failure(exc)
+        if failure is not None:
+            raise _unreachable_error(full, where, storage_options, failure) from exc
         missing = isinstance(exc, FileNotFoundError) or "NotFound" in kind
         exists_locally = "://" not in where and not path and os.path.exists(where)
         if missing and not exists_locally:

@@ -40,6 +40,7 @@ import os
 import re
 import threading
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -212,6 +213,57 @@ def _warn_fork_fallback(url: str) -> None:
         )
 
 
+class _Clients:
+    """The S3 / HTTP clients of one :class:`RemoteFetcher`, closed by a finalizer that does not hold the fetcher.
+
+    A fetcher nobody closed (a handle dropped, or still alive at interpreter exit) would
+    otherwise leave its aiohttp session open, and aiohttp prints "Unclosed client session"
+    on stderr when it is collected: noise a user cannot act on.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.fs: Any = None
+        self.client: Any = None
+        self.http_session: Any = None
+
+    def take(self) -> tuple[Any, Any, Any]:
+        taken = (self.http_session, self.client, self.fs)
+        self.http_session = self.client = self.fs = None
+        return taken
+
+
+async def _close_clients(session: Any, client: Any, fs: Any) -> None:
+    if session is not None:
+        await session.close()
+    if fs is not None and getattr(fs, "_s3creator", None) is not None:
+        await fs._s3creator.__aexit__(None, None, None)
+    elif client is not None:
+        await client.close()
+
+
+def _finalize_clients(clients: _Clients) -> None:
+    """Close the clients on fsspec's loop (runs when the fetcher is collected, or at exit); never raises."""
+    if clients.pid != os.getpid():
+        return  # a forked child's copy: these belong to the parent's loop
+    session, client, fs = clients.take()
+    if session is None and client is None:
+        return
+    with contextlib.suppress(Exception):
+        import fsspec.asyn
+
+        loop = fsspec.asyn.get_loop()
+        if not loop.is_running():
+            return
+        future = asyncio.run_coroutine_threadsafe(_close_clients(session, client, fs), loop)
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if not on_loop:  # collected on the loop itself: the close runs after this callback returns
+            future.result(timeout=5)
+
+
 def _obstore_available() -> bool:
     try:
         import obstore  # noqa: F401
@@ -267,11 +319,9 @@ class RemoteFetcher(ChunkFetcher):
             self._obstore_config = None
             self.s3_client = None
         self._lock = threading.Lock()
-        self._fs: Any = None
-        self._client: Any = None
+        self._new_clients()
         self._client_ready: asyncio.Lock | None = None
         self._pid = os.getpid()
-        self._http_session: Any = None
         self._obstore: tuple[Any, ThreadPoolExecutor] | None = None
         self._obstore_pid = -1
         self._closed = False
@@ -299,6 +349,34 @@ class RemoteFetcher(ChunkFetcher):
         return "obstore" if usable else "s3fs"
 
     # -- setup -------------------------------------------------------------------
+    def _new_clients(self) -> None:
+        self._clients = _Clients()
+        weakref.finalize(self, _finalize_clients, self._clients)
+
+    @property
+    def _fs(self) -> Any:
+        return self._clients.fs
+
+    @_fs.setter
+    def _fs(self, value: Any) -> None:
+        self._clients.fs = value
+
+    @property
+    def _client(self) -> Any:
+        return self._clients.client
+
+    @_client.setter
+    def _client(self, value: Any) -> None:
+        self._clients.client = value
+
+    @property
+    def _http_session(self) -> Any:
+        return self._clients.http_session
+
+    @_http_session.setter
+    def _http_session(self, value: Any) -> None:
+        self._clients.http_session = value
+
     def _loop(self) -> asyncio.AbstractEventLoop:
         import fsspec.asyn
 
@@ -308,7 +386,8 @@ class RemoteFetcher(ChunkFetcher):
         import fsspec.asyn
 
         if self._pid != os.getpid():  # forked child: the parent's clients belong to a loop that is gone
-            self._fs = self._client = self._http_session = self._client_ready = None
+            self._new_clients()  # the parent's stay with the parent (its finalizer skips them here)
+            self._client_ready = None
             self._pid = os.getpid()
         return fsspec.asyn.sync(self._loop(), lambda: coro, timeout=None)
 
@@ -625,24 +704,18 @@ class RemoteFetcher(ChunkFetcher):
             if self._closed:
                 return
             self._closed = True
-            session, self._http_session = self._http_session, None
-            client, self._client = self._client, None
-            fs, self._fs = self._fs, None
+        self._release()
+
+    def _release(self) -> None:
+        """Close the clients (a later read would make new ones)."""
+        with self._lock:
+            session, client, fs = self._clients.take() if self._pid == os.getpid() else (None, None, None)
             obstore_state, self._obstore = self._obstore, None
         if obstore_state is not None and self._obstore_pid == os.getpid():
             obstore_state[1].shutdown(wait=True, cancel_futures=True)  # the store's connections go with it
-
-        async def shutdown() -> None:
-            if session is not None:
-                await session.close()
-            if fs is not None and getattr(fs, "_s3creator", None) is not None:
-                await fs._s3creator.__aexit__(None, None, None)
-            elif client is not None:
-                await client.close()
-
         if session is not None or client is not None:
             with contextlib.suppress(Exception):  # closing must not raise over the real error
-                self._run(shutdown())
+                self._run(_close_clients(session, client, fs))
 
     def __repr__(self) -> str:
         client = f", client={self.s3_client}" if self.s3_client else ""
