@@ -153,3 +153,25 @@ def test_zarr_pipeline_plugin_checks_the_index_too(tmp_path: Path, index_locatio
         arr = zarr.open_array(str(path), mode="r")
         with pytest.raises(CorruptChunkError, match=r"inner chunk \(0, 1\).*only one of its fields"):
             arr[0:4, 4:8]
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+def test_garbage_index_without_checksum_names_array_and_shard(index_location: str) -> None:
+    """An index with no crc32c (index_codecs=[bytes]) filled with garbage: a CorruptChunkError, not a FetchError."""
+    from zarr.codecs import BytesCodec, ShardingCodec
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = zarr.storage.MemoryStore()
+    arr = zarr.create_array(store, shape=(8, 8), chunks=(4, 4), dtype="int32", compressors=None,
+                            serializer=ShardingCodec(chunk_shape=(2, 2), index_codecs=[BytesCodec()],
+                                                     index_location=index_location))
+    arr[:] = VALUES
+    data = bytearray(sync(store.get("c/0/0", prototype=default_buffer_prototype())).to_bytes())
+    at = 0 if index_location == "start" else len(data) - 4 * 16
+    data[at : at + 64] = np.random.default_rng(3).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    sync(store.set("c/0/0", default_buffer_prototype().buffer.from_bytes(bytes(data))))
+    handle = gpuzarr.open_array(arr)
+    with pytest.raises(CorruptChunkError) as info:
+        handle[0:4, 0:4]
+    assert handle.name in str(info.value) and "c/0/0" in str(info.value) and "inner chunk" in str(info.value)

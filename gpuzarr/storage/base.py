@@ -24,7 +24,9 @@ location shares cache entries, across processes too (the disk tier). Any other s
 (``MemoryStore``, a wrapped or unknown zarr store) has no such name: its fetcher gets a
 token unique to that fetcher object, never reused while the process lives and not carried
 by pickling, so two stores can never read each other's cached chunks (a store's ``str``
-or ``id`` can be reused once it is garbage collected). Such fetchers skip the disk tier.
+or ``id`` can be reused once it is garbage collected). A forked child keeps its parent's
+token, rightly: its copy of the store and of the memory cache hold the same bytes. Such
+fetchers skip the disk tier, which outlives the process.
 """
 
 from __future__ import annotations
