@@ -102,6 +102,9 @@ def _probe_remote(where: str, path: str | None, options: dict[str, Any]) -> None
     from gpuzarr.storage.remote import RemoteFetcher
 
     key = f"{path.strip('/')}/zarr.json" if path else "zarr.json"
+    if where.split("://", 1)[0] in ("s3", "s3a"):
+        # s3fs, as zarr itself is about to use: an obstore request here would cost forked workers obstore
+        options = {**options, "s3_client": "s3fs"}
     fetcher = RemoteFetcher(where, options)
     try:
         fetcher.fetch([key])
