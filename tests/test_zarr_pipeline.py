@@ -274,3 +274,50 @@ def test_icechunk_session(tmp_path):
     expected = _write_reference(session.store)
     snapshot = session.commit("data")
     _check_store(repo.readonly_session(snapshot_id=snapshot).store, expected)
+
+
+def _child_read(path: str, queue) -> None:
+    with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+        arr = zarr.open_array(path, mode="r")
+        queue.put((arr[2:30, 1:40].tolist(), read_stats()["reads"]))
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_after_reads(tmp_path):
+    """A forked child (a DataLoader or multiprocessing worker) reads through the plug-in after the parent did."""
+    import multiprocessing as mp
+
+    ref = np.arange(32 * 48, dtype="u2").reshape(32, 48)
+    path = str(tmp_path / "f.zarr")
+    with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+        arr = zarr.create_array(path, shape=ref.shape, chunks=(8, 8), dtype="u2",
+                                compressors=zarr.codecs.BloscCodec(cname="lz4"))
+        arr[:] = ref
+        np.testing.assert_array_equal(arr[:], ref)  # the parent's engine pool now exists
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_read, args=(path, queue))
+    child.start()
+    got, reads = queue.get(timeout=120)
+    child.join(60)
+    assert child.exitcode == 0
+    assert reads > 0
+    np.testing.assert_array_equal(np.asarray(got, dtype="u2"), ref[2:30, 1:40])
+
+
+def test_benchmark_script_quick_run(tmp_path):
+    """benchmarks/bench_zarr_pipeline.py runs end to end on tiny data (outputs checked inside), writes its JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_zarr_pipeline.py"
+    out = tmp_path / "b.json"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--rounds", "1", "--data-dir", str(tmp_path),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(out.read_text())
+    rows = {(r["workload"], r["pipeline"]) for r in result["rows"]}
+    assert {("whole", "gpuzarr"), ("crops", "gpuzarr"), ("sharded", "gpuzarr"), ("sharded", "default")} <= rows
+    assert "x default" in run.stdout
