@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -95,8 +96,9 @@ def run(mutation: tuple[str, str, str, str, str], python: str) -> dict[str, obje
     t0 = time.perf_counter()
     try:
         path.write_text(text.replace(old, new))
+        env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation"}  # a failing example is enough: no shrinking
         proc = subprocess.run([python, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests],
-                              cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
+                              cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False, env=env)
     finally:
         subprocess.run(["git", "checkout", "--", rel], cwd=ROOT, check=True)
     failed = sorted(set(re.findall(r"^FAILED (\S+?)(?:\[.*?\])?(?: - |$)", proc.stdout, re.MULTILINE)))

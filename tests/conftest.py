@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("mutation", deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])  # scripts/mutation_check.py: no shrinking
 settings.register_profile("thorough", deadline=None, max_examples=1000, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

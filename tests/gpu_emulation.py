@@ -316,8 +316,12 @@ class FakeDevice:
     def use(self) -> None:
         return None
 
+    #: set by :func:`install`: records device-wide synchronisations (the engine must use streams/events)
+    on_device_synchronize: Callable[[str], None] | None = None
+
     def synchronize(self) -> None:
-        return None
+        if FakeDevice.on_device_synchronize is not None:
+            FakeDevice.on_device_synchronize("Device.synchronize")
 
     def __int__(self) -> int:
         return self.id
@@ -371,6 +375,8 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
     runtime.getDevice = lambda: 0
     runtime.runtimeGetVersion = lambda: 13000
     runtime.driverGetVersion = lambda: 13000
+    runtime.deviceSynchronize = lambda: FakeDevice.on_device_synchronize and FakeDevice.on_device_synchronize(
+        "runtime.deviceSynchronize")
     runtime.getDeviceProperties = lambda i: {"name": b"Emulated GPU", "totalGlobalMem": 1 << 34,
                                              "major": 9, "minor": 0, "multiProcessorCount": 1}
     cuda.runtime = runtime
@@ -963,6 +969,8 @@ class GpuEmulation:
 
     decode_calls: list[DecodeCall] = field(default_factory=list)
     kernel_launches: list[str] = field(default_factory=list)
+    #: device-wide synchronisations seen (``Device.synchronize``, ``runtime.deviceSynchronize``)
+    device_syncs: list[str] = field(default_factory=list)
     kernel_streams: list[tuple[str, int | None]] = field(default_factory=list)
     #: compare every kernel's output with its NumPy mirror after the launch
     oracles: bool = True
@@ -974,6 +982,7 @@ class GpuEmulation:
         self.decode_calls.clear()
         self.kernel_launches.clear()
         self.kernel_streams.clear()
+        self.device_syncs.clear()
         self.kvikio_reads.clear()
 
     @contextlib.contextmanager
@@ -1025,6 +1034,7 @@ def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmul
     cp, cupyx = make_fake_cupy()
     nv = make_fake_nvcomp(emu)
     _clear_caches()
+    monkeypatch.setattr(FakeDevice, "on_device_synchronize", emu.device_syncs.append)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setitem(sys.modules, "cupy.cuda", cp.cuda)
     monkeypatch.setitem(sys.modules, "cupyx", cupyx)

@@ -525,3 +525,13 @@ def test_emulation_leaves_nothing_behind() -> None:
     if nvidia is not None:
         assert not isinstance(getattr(nvidia, "nvcomp", None), type(sys)) or getattr(
             nvidia.nvcomp, "__version__", "") != "emulated"
+
+
+def test_engine_never_synchronises_the_whole_device(emu: GpuEmulation, tmp_path: Path) -> None:
+    """Reads over every codec path leave no device-wide synchronisation (streams and events only)."""
+    rng = np.random.default_rng(12)
+    data = rng.integers(0, 1000, (40, 30)).astype("int32")
+    for name, codecs in (("b", [BloscCodec(cname="zstd", shuffle="bitshuffle")]), ("z", [ZstdCodec()]),
+                         ("g", [GzipCodec(), Crc32cCodec()])):
+        _check(_make(tmp_path, name, data, (16, 16), compressors=codecs), [(slice(0, 40), slice(0, 30))])
+    assert emu.device_syncs == []

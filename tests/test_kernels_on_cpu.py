@@ -380,7 +380,7 @@ TRANSFORMS = [OutputTransform(dtype=np.float16), OutputTransform(dtype=np.float3
 @st.composite
 def image_cases(draw: Any) -> dict[str, Any]:
     h, w = draw(st.integers(1, 40)), draw(st.integers(1, 40))
-    ch, cw = draw(st.integers(1, 16)), draw(st.integers(1, 16))
+    ch, cw, cc = draw(st.integers(1, 16)), draw(st.integers(1, 16)), draw(st.integers(1, 3))
     rh, rw = draw(st.integers(1, h)), draw(st.integers(1, w))
     n = draw(st.integers(1, 3))
     regions = [(slice(a, a + rh), slice(b, b + rw), slice(0, 3))
@@ -388,7 +388,7 @@ def image_cases(draw: Any) -> dict[str, Any]:
                                draw(st.lists(st.integers(0, w - rw), min_size=n, max_size=n)), strict=True)]
     dtype = np.dtype(draw(st.sampled_from(["u1", "i1", "?", "<u2", "<i2", "<f2", "<u4", "<i4", "<f4", "<u8",
                                            "<i8", "<f8"])))
-    return {"shape": (h, w, 3), "chunk": (ch, cw, 3), "regions": regions, "dtype": dtype,
+    return {"shape": (h, w, 3), "chunk": (ch, cw, cc), "regions": regions, "dtype": dtype,
             "order": draw(st.sampled_from([None, (2, 0, 1), (1, 0, 2)])), "swap": draw(st.booleans()) and
             dtype.itemsize > 1, "missing": draw(st.floats(0, 0.5)), "seed": draw(st.integers(0, 2**32 - 1)),
             "fill": draw(st.integers(0, 100))}
@@ -400,6 +400,22 @@ def test_gather_convert_matches_mirror(emu: GpuEmulation, case: dict[str, Any], 
     with np.errstate(over="ignore", invalid="ignore"):  # large integers to float16 are inf, as on the GPU
         got, expected = _run_gather(*_gather_inputs(case), case, transform=TRANSFORMS[which])
     np.testing.assert_array_equal(got, expected)
+
+
+def test_float16_conversion_of_every_half_and_every_tie(emu: GpuEmulation) -> None:
+    """Every finite float16, the midpoint between each pair of neighbours (ties: round to even), inf, nan."""
+    halves = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    mids = (halves[:-1] + halves[1:]) / 2  # exact in float64
+    values = np.concatenate([halves, mids, [65504.0 + 16.0, 65520.0, np.inf, np.nan, 2.0**-26]])
+    values = np.concatenate([values, -values])
+    case = {"shape": values.shape, "chunk": values.shape, "regions": [(slice(0, values.size),)],
+            "dtype": np.dtype("<f8"), "order": None, "swap": False, "missing": 0.0, "seed": 0, "fill": 0}
+    plan = plan_batch(case["regions"], values.shape, values.shape)
+    with np.errstate(over="ignore"):
+        got, expected = _run_gather(plan, values.view(np.uint8), np.zeros(1, np.int64), np.ones(1, np.int64), case,
+                                    transform=OutputTransform(dtype=np.float16))
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+    np.testing.assert_array_equal(got.view(np.uint16), values.astype(np.float16).view(np.uint16))
 
 
 def test_gather_at_maximum_ndim(emu: GpuEmulation) -> None:
