@@ -226,13 +226,21 @@ thread_local sigjmp_buf* tls_fault_jump = nullptr;
 thread_local void* tls_fault_address = nullptr;
 struct sigaction previous_segv, previous_bus;
 
-inline void on_fault(int sig, siginfo_t* info, void*) {
+inline void on_fault(int sig, siginfo_t* info, void* context) {
     if (tls_fault_jump != nullptr) {
         tls_fault_address = info->si_addr;
         siglongjmp(*tls_fault_jump, sig);
     }
-    // not a kernel's fault: put the previous handler back; the instruction faults again and it runs
-    sigaction(sig, sig == SIGSEGV ? &previous_segv : &previous_bus, nullptr);
+    // not a fault of this library's kernels: pass it on to the handler installed before ours (another
+    // kernel library's, Python's faulthandler, ...); with none, restore the default and fault again
+    const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;
+    if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction != nullptr) {
+        prev.sa_sigaction(sig, info, context);
+    } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler != nullptr) {
+        prev.sa_handler(sig);
+    } else {
+        signal(sig, SIG_DFL);
+    }
 }
 
 inline void install_fault_handler() {
