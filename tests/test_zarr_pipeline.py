@@ -117,7 +117,8 @@ def test_reads_equal_zarr(spec, data):
     select = _apply(kind, sel)
     expected = _read(store, select, "", pipeline=DEFAULT)
     before = read_stats()
-    with warnings.catch_warnings():
+    inline = data.draw(st.sampled_from([0, 1 << 20]))  # 0: every read through the engine's thread pool
+    with warnings.catch_warnings(), zarr.config.set({"codec_pipeline.inline_max_bytes": inline}):
         warnings.simplefilter("error", gpuzarr.PipelineFallbackWarning)
         got = _read(store, select, "", pipeline=PLUGIN)
     after = read_stats()

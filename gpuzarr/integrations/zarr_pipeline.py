@@ -38,6 +38,9 @@ key                                    meaning
 ``codec_pipeline.strict``              raise instead of falling back (default False)
 ``threading.max_workers``              decode threads (else ``codec_pipeline.max_workers``,
                                        else gpuzarr's ``threads`` setting)
+``codec_pipeline.inline_max_bytes``    reads from LocalStore/MemoryStore decoding at most
+                                       this many bytes run on the calling thread, without
+                                       thread hand-offs (default 1 MiB; 0: never)
 ``array.sharding_coalesce_*``          how the inner-chunk ranges of one shard merge into
                                        reads (zarr's own settings, passed to the store's
                                        ``get_ranges``, as zarr's sharding codec does)
@@ -144,11 +147,11 @@ _engines: dict[int, Any] = {}
 _engines_lock = threading.Lock()
 
 
-def _cpu_engine() -> Any:
-    """A CPU engine with the configured thread count (one per count and process)."""
+def _cpu_engine(workers: int | None = None) -> Any:
+    """A CPU engine with ``workers`` (default: the configured) threads, one per count and process."""
     from gpuzarr.engines.cpu import CpuEngine
 
-    n = _workers()
+    n = workers or _workers()
     with _engines_lock:
         engine = _engines.get(n)
         if engine is None:
@@ -556,8 +559,8 @@ class _Job:
         return [_view(raws[i]) for i in self.piece_item.tolist()]
 
     # ---------------------------------------------------------------- decoding
-    def decode(self, encoded: list[Any]) -> None:
-        """Run the plan through the engine and scatter into zarr's output."""
+    def decode(self, encoded: list[Any], workers: int | None = None) -> None:
+        """Run the plan through the engine (``workers`` threads) and scatter into zarr's output."""
         from zarr.core.chunk_utils import fill_value_or_default
 
         fill = fill_value_or_default(self.spec)
@@ -566,7 +569,7 @@ class _Job:
 
             engine = resolve_engine("cuda")
         else:
-            engine = _cpu_engine()
+            engine = _cpu_engine(workers)
         keys = self._keys()
         array_name = str(getattr(self.items[0][0], "store", "zarr array"))
         if self.box:
@@ -699,9 +702,14 @@ class GpuzarrCodecPipeline(CodecPipeline):
             return await self._fallback.read(batch, out, drop_axes)
         _count(reads=1, chunks=len(batch))
         results: list[GetResult] = [_PRESENT] * len(batch)
+        inline_max = int(zarr_config.get("codec_pipeline.inline_max_bytes", 1 << 20) or 0)
         for job, members in jobs:  # type: ignore[misc]
             if all(_supports_sync_get(it[0]) for it in job.items[:1]):
-                await asyncio.to_thread(_run_sync, job)
+                if not job.gpu and len(job.piece_item) * job.chain.nbytes <= inline_max:
+                    # a small read from a local store: one thread, no hand-offs (they would cost more)
+                    job.decode(job.fetch_sync(), workers=1)
+                else:
+                    await asyncio.to_thread(_run_sync, job)
             else:
                 encoded = await job.fetch_async()
                 await asyncio.to_thread(job.decode, encoded)
