@@ -87,3 +87,27 @@ def test_prefetch_threads_default_to_one_per_batch_in_flight(array: zarr.Array) 
             break
     assert len(names) == 7, names
     assert gpuzarr.Loader(handle, sampler, 4, prefetch_chunks=6, prefetch_workers=2).prefetch_workers == 2
+
+
+@pytest.mark.parametrize("prefetch_batches", [0, 2])
+def test_each_batch_is_planned_once_with_chunk_prefetch(array: zarr.Array, prefetch_batches: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan the chunk prefetch makes for a batch is the one its read executes: no batch is planned twice."""
+    handle = gpuzarr.open_array(str(array.store.root), cache=PinnedLRUCache(64 << 20))  # type: ignore[attr-defined]
+    planned: list[int] = []
+    original = gpuzarr.ArrayHandle.plan
+
+    def counting_plan(self: gpuzarr.ArrayHandle, regions: Sequence[object]) -> object:
+        planned.append(len(regions))
+        return original(self, regions)
+
+    monkeypatch.setattr(gpuzarr.ArrayHandle, "plan", counting_plan)
+    sampler = gpuzarr.RandomCrops((70, 70), seed=3, samples_per_epoch=36)
+    loader = gpuzarr.Loader(handle, sampler, 8, epochs=2, device="cpu", prefetch_chunks=2,
+                            prefetch_batches=prefetch_batches)
+    batches = list(loader)
+    expected = [np.stack([array[r] for r in loader.epoch_regions(e)[i : i + 8]]) for e in range(2) for i in range(0, 36, 8)]
+    assert len(batches) == len(expected) == 10
+    for got, want in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert planned == [8, 8, 8, 8, 4] * 2, planned

@@ -171,6 +171,8 @@ class Loader:
         self.arrays = arrays
         self.even_ranks = even_ranks
         self.prefetch_chunks = prefetch_chunks
+        #: plans the chunk prefetch made for upcoming cuts, taken by the read of each cut
+        self._ahead_plans: dict[Cut, dict[str | None, Any]] = {}
         self.prefetch_workers = prefetch_workers or prefetch_chunks + 1
         self.prefetch_max_bytes = prefetch_max_bytes
         self.sampler = sampler
@@ -272,7 +274,10 @@ class Loader:
                 if cut is None:
                     return []
                 regions = self.source.regions_for(name, self.share(cut.epoch).regions[cut.lo : cut.hi])
-                return [tuple(c) for c in array.plan(regions).chunk_coords.tolist()]
+                plan = array.plan(regions)
+                # one plan per batch: the read of this cut executes the plan made here
+                self._ahead_plans.setdefault(cut, {})[name] = plan
+                return [tuple(c) for c in plan.chunk_coords.tolist()]
 
             prefetcher = array.chunk_prefetcher(workers=self.prefetch_workers,
                                                 max_bytes_in_flight=self.prefetch_max_bytes)
@@ -305,7 +310,8 @@ class Loader:
         regions = self.share(cut.epoch).regions[cut.lo : cut.hi]
         t0 = time.perf_counter()
         allocation = self._allocator()
-        data = self.source.read(regions, device=self.device, stream=self.stream, allocate=allocation)
+        plans = self._ahead_plans.pop(cut, None)  # made by the chunk prefetch, when it runs
+        data = self.source.read(regions, device=self.device, stream=self.stream, allocate=allocation, plans=plans)
         if self.adaptive is not None:
             parts = data.values() if isinstance(data, dict) else (data,)
             self.adaptive.observe(cut.hi - cut.lo, time.perf_counter() - t0, sum(int(p.nbytes) for p in parts))
@@ -313,6 +319,7 @@ class Loader:
 
     def _reads(self, cutter: _Cutter) -> Iterator[tuple[Cut, Any]]:
         """Read every scheduled batch in order, chunk prefetch running ahead when enabled."""
+        self._ahead_plans = {}
         chunk_prefetch = self._chunk_prefetch(cutter)
         try:
             ordinal = 0

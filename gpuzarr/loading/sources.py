@@ -119,13 +119,15 @@ class ArraySet:
 
     # ------------------------------------------------------------ reading
     def read(self, regions: Sequence[Any], *, device: str = "auto", stream: Any = None,
-             allocate: Allocator | None = None) -> Any:
+             allocate: Allocator | None = None, plans: dict[str | None, Any] | None = None) -> Any:
         """Read one batch: an array (one handle) or a dict ``name → array`` (a dict of handles).
 
         ``allocate(name, shape, dtype)`` may give the output buffer of each array's batch (its
         final shape and dtype, after any transform): pinned host memory for a torch copy, a
         ring slot for DALI. The GPU engine writes into it directly; the CPU engine does so
-        without a transform, and copies its transformed result into it otherwise.
+        without a transform, and copies its transformed result into it otherwise. ``plans``:
+        the :class:`~gpuzarr.plan.planner.BatchPlan` per array already made for these regions
+        (by the chunk prefetch), executed instead of planning the batch again.
         """
         out: dict[str | None, Any] = {}
         engine_on_gpu = None
@@ -138,10 +140,12 @@ class ArraySet:
                 kwargs["transform"] = transform
             if stream is not None:
                 kwargs["stream"] = stream
+            plan = plans.get(name) if plans else None
             if allocate is None:
-                out[name] = arr.read_batch(mapped, **kwargs)
+                out[name] = arr.read_batch(mapped, **kwargs) if plan is None else arr.read_plan(plan, **kwargs)
                 continue
-            plan = arr.plan(mapped)
+            if plan is None:
+                plan = arr.plan(mapped)
             shape, dtype = tuple(plan.out_shape), arr.dtype
             if transform is not None:
                 dtype = transform.output_dtype(dtype)
