@@ -74,7 +74,7 @@ def bench_codec(codec_name: str, compressors: list[Any], data: np.ndarray, regio
     cpu = CpuEngine()
 
     def cpu_decode() -> None:
-        list(cpu._executor().map(lambda u: handle.chain.decode(encoded[u], key=keys[u]), range(len(encoded))))
+        list(cpu.pool.map(lambda u: handle.chain.decode(encoded[u], key=keys[u]), range(len(encoded))))
 
     timings = {"cpu": best_of(repeats, cpu_decode), "zarr-python": best_of(repeats, lambda: arr[...])}
     crops = {"cpu": best_of(repeats, lambda: handle.read_batch(regions, device="cpu")),

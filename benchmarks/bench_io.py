@@ -101,7 +101,7 @@ def main() -> None:
         return lambda batch: sum(len(b) for b in fetcher.fetch(batch) if b is not None)
 
     def host_then_upload(fetcher: LocalFileFetcher) -> Callable[[list[str]], int]:
-        from gpuzarr.storage.base import concatenate_aligned
+        from gpuzarr.storage.buffers import concatenate_aligned
 
         def read(batch: list[str]) -> int:
             blob, _, length = concatenate_aligned([b for b in fetcher.fetch(batch) if b is not None])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from gpuzarr.engines.device import resolve_engine
+from gpuzarr.engines.base import resolve_engine
 from gpuzarr.errors import (
     ArrayNotFoundError,
     ConfigurationError,
@@ -162,15 +162,6 @@ def _open_zarr_node(source: Any, path: str | None, storage_options: dict[str, An
         ) from exc
 
 
-def _cuda_stream(stream: Any) -> Any:
-    """A context that makes ``stream`` (a CuPy stream or a raw ``cudaStream_t``) CuPy's current stream."""
-    if hasattr(stream, "__enter__"):
-        return stream
-    import cupy as cp
-
-    return cp.cuda.ExternalStream(int(stream))
-
-
 class ArrayHandle:
     """One Zarr array, ready for batched reads of equal-shape regions."""
 
@@ -241,8 +232,9 @@ class ArrayHandle:
         usable. Each chunk the batch touches is fetched and decoded once. Values equal
         zarr-python's ``arr[region]`` for every region. ``transform`` optionally casts,
         normalises and re-lays out the batch (fused into assembly on the GPU). ``stream``: a
-        CUDA stream (a CuPy stream, or a raw ``cudaStream_t`` as an int, e.g. a DALI pipeline's)
-        the GPU engine queues its work on; the CPU engine ignores it.
+        CUDA stream the caller owns (a CuPy or torch stream, or a raw ``cudaStream_t`` as an int,
+        e.g. a DALI pipeline's); on the GPU the batch's work is queued on it, so the result is
+        ready when that stream reaches it. The CPU engine ignores it.
 
         ``regions`` is a list of region tuples (NumPy basic indexing: slices with step 1,
         integers, ``...``). One region without its list, or a region NumPy or zarr would not
@@ -259,16 +251,13 @@ class ArrayHandle:
         if self.readahead:
             self._readahead(plan.chunk_coords)
         engine = resolve_engine(device, strict=strict)
+        caps = engine.capabilities
         try:
-            encoded = self.reader.read(plan.chunk_coords, deferred=engine.loads_deferred_reads,
-                                       to_device=engine.takes_device_batches(self.chain))
+            encoded = self.reader.read(plan.chunk_coords, deferred=caps.loads_deferred_reads,
+                                       to_device=caps.device_batches and engine.takes_device_batches(self.chain))
             keys = self.reader.lazy_chunk_keys(plan.chunk_coords)
-            if stream is not None and engine.name != "cpu":
-                with _cuda_stream(stream):
-                    return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
-                                                      array_name=self.name, transform=transform, out=out)
             return engine.decode_and_assemble(plan, encoded, self.chain, self.fill_value, keys=keys,
-                                              array_name=self.name, transform=transform, out=out)
+                                              array_name=self.name, transform=transform, out=out, stream=stream)
         except FetchError as exc:  # fetchers know the store and key, not which array asked
             named = exc.naming(self.name)
             if named is exc:

@@ -1001,13 +1001,13 @@ class GpuEmulation:
 
 def _clear_caches() -> None:
     from gpuzarr import _optional
-    from gpuzarr.engines import device
+    from gpuzarr.engines import base as engine_base
     from gpuzarr.engines.gpu import kernels as gpu_kernels
     from gpuzarr.storage import local
 
     for probe in (_optional.cupy_device, _optional.nvcomp, _optional.gpu_engine, _optional.kvikio):
         probe.cache_clear()
-    device._gpu_engine.cache_clear()
+    engine_base._gpu_engine.cache_clear()
     local.cuda_io_usable.cache_clear()
     gpu_kernels._module.cache_clear()
 
@@ -1026,7 +1026,7 @@ def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmul
         monkeypatch.setitem(sys.modules, "nvidia", nvidia)
 
     from gpuzarr import _optional
-    from gpuzarr.engines import device
+    from gpuzarr.engines import base as engine_base
     from gpuzarr.engines.gpu import kernels as gpu_kernels
     from gpuzarr.storage import local
 
@@ -1051,7 +1051,7 @@ def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmul
     cp.RawModule = functools.partial(FakeRawModule, emu)
     monkeypatch.setattr(gpu_kernels, "launch_gather", _make_launch_gather(emu, gpu_kernels.launch_gather))
 
-    original_engine_factory = device._gpu_engine.__wrapped__
+    original_engine_factory = engine_base._gpu_engine.__wrapped__
 
     @functools.cache
     def gpu_engine(strict: bool) -> Any:
@@ -1059,7 +1059,7 @@ def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmul
         emu.engines.append(engine)
         return engine
 
-    monkeypatch.setattr(device, "_gpu_engine", gpu_engine)
+    monkeypatch.setattr(engine_base, "_gpu_engine", gpu_engine)
     return emu
 
 

@@ -332,7 +332,7 @@ def test_concurrent_batches_from_threads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("compressors", [[ZstdCodec(level=3)], [GzipCodec(level=5)], [ZstdCodec(), Crc32cCodec()], None])
 def test_kvikio_reads_straight_into_device_memory(tmp_path: Path, compressors) -> None:
     """Local chunks read by kvikio into one device buffer (GDS or compat mode) decode like zarr's."""
-    from gpuzarr.storage.local import DeviceBatch
+    from gpuzarr.storage.buffers import DeviceBatch
 
     rng = np.random.default_rng(11)
     data = rng.integers(0, 1000, (70, 45)).astype("uint16")

@@ -512,13 +512,13 @@ def test_emulation_is_strict_where_the_real_stack_is() -> None:
 
 def test_emulation_leaves_nothing_behind() -> None:
     from gpuzarr import _optional
-    from gpuzarr.engines import device
+    from gpuzarr.engines.base import resolve_device
 
     before_cupy = sys.modules.get("cupy")
     before = _optional.gpu_engine()
     with gpu_emulation():
         assert _optional.gpu_engine()
-        assert device.resolve_device("auto") == "cuda"
+        assert resolve_device("auto") == "cuda"
     assert sys.modules.get("cupy") is before_cupy
     assert bool(_optional.gpu_engine()) == bool(before)
     nvidia = sys.modules.get("nvidia")  # absent on a CPU-only install: then nothing can be left on it

@@ -4,36 +4,29 @@ One task per distinct chunk: decode it once with the array's
 :class:`~gpuzarr.codecs.chain.DecodeChain` (numcodecs' Blosc/Zstd/Gzip release the GIL,
 so the pool uses every core), then copy each of its pieces into the preallocated
 output — NumPy's copies release the GIL too. Chunks never written fill their pieces
-with the fill value without decoding anything. The pool is sized to the cores and
-rebuilt in a forked child (DataLoader workers fork).
+with the fill value without decoding anything. The pool is gpuzarr's one CPU pool
+(:func:`gpuzarr.threads.cpu_pool`, ``threads`` setting; rebuilt in a forked child), or
+a pool of its own when the engine is given ``workers``.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain
+from gpuzarr.engines.base import EngineCapabilities
 from gpuzarr.plan.planner import BatchPlan, chunk_byte_intervals
 from gpuzarr.storage.base import DeferredRead, DeferredReads
+from gpuzarr.threads import ThreadPool, cpu_pool
 
 #: chunks smaller than this are always decoded whole (they hold few Blosc blocks)
 PARTIAL_DECODE_MIN_BYTES = 1 << 18
-
-
-def default_workers() -> int:
-    """Threads for decode: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | None) -> list[tuple]:
@@ -50,18 +43,21 @@ class CpuEngine:
 
     name = "cpu"
     #: chunks may arrive as :class:`~gpuzarr.storage.base.DeferredRead`, loaded by the decoding thread
-    loads_deferred_reads = True
+    capabilities = EngineCapabilities(device="cpu", loads_deferred_reads=True)
 
     def takes_device_batches(self, chain: Any) -> bool:
         """Never: the CPU engine decodes host bytes (see ``GpuEngine.takes_device_batches``)."""
         return False
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or default_workers()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = -1
-        self._lock = threading.Lock()
+        self._own_pool = workers is not None
+        self.pool: ThreadPool = ThreadPool("gpuzarr-cpu-engine", workers) if workers is not None else cpu_pool()
         self._scratch = threading.local()
+
+    @property
+    def workers(self) -> int:
+        """Decode threads (the ``threads`` setting unless the engine was given ``workers``)."""
+        return self.pool.size
 
     def _scratch_for(self, nbytes: int) -> np.ndarray:
         """A per-thread decode buffer, reused across chunks of the same size."""
@@ -77,13 +73,6 @@ class CpuEngine:
             buf = self._scratch.encoded = np.empty(max(nbytes, 1 << 16), dtype=np.uint8)
         return buf[:nbytes]
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="gpuzarr-cpu")
-                self._pool_pid = os.getpid()
-            return self._pool
-
     def decode_and_assemble(
         self,
         plan: BatchPlan,
@@ -95,8 +84,12 @@ class CpuEngine:
         array_name: str,
         transform: Any = None,
         out: np.ndarray | None = None,
+        stream: Any = None,
     ) -> np.ndarray:
-        """Decode every distinct chunk once and build the stacked batch (shape ``plan.out_shape``)."""
+        """Decode every distinct chunk once and build the stacked batch (shape ``plan.out_shape``).
+
+        ``stream`` is accepted for the :class:`~gpuzarr.engines.base.Engine` contract and ignored.
+        """
         full_shape = (plan.n_regions, *plan.region_shape)
         if out is not None:
             if tuple(out.shape) != plan.out_shape or out.dtype != chain.dtype:
@@ -157,7 +150,7 @@ class CpuEngine:
                     failed.append(exc)
                     raise
 
-            helpers = [self._executor().submit(drain) for _ in range(min(self.workers, n) - 1)]
+            helpers = [self.pool.submit(drain) for _ in range(min(self.workers, n) - 1)]
             try:
                 drain()
             finally:
@@ -171,7 +164,6 @@ class CpuEngine:
         return result
 
     def close(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+        """Stop the engine's own pool (the shared CPU pool lives as long as the process)."""
+        if self._own_pool:
+            self.pool.shutdown(wait=True)

@@ -164,7 +164,7 @@ class Loader:
         self.source = ArraySet(arrays, scale, transform)
         if prefetch_chunks:
             for name, arr in self.source.arrays.items():
-                if getattr(getattr(arr, "reader", None), "cache", None) is None:
+                if getattr(arr, "cache", None) is None:
                     raise ValueError(f"prefetch_chunks needs arrays opened with a cache ({name or 'the array'} has "
                                      "none), e.g. gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
         self.array = self.source.primary

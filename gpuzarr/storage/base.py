@@ -1,4 +1,4 @@
-"""The one batched fetcher interface every storage backend implements.
+"""The one batched fetcher protocol every storage backend implements.
 
 A fetcher answers "give me these keys (optionally these byte ranges of them)" for a
 whole batch at once and is free to issue the reads concurrently. It never decodes
@@ -36,7 +36,7 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -122,8 +122,14 @@ def normalize_request(keys: Sequence[str], ranges: Sequence[Range] | None) -> tu
     return keys, ranges
 
 
-class ChunkFetcher(abc.ABC):
-    """Batched, concurrent reads of whole objects or byte ranges by key."""
+@runtime_checkable
+class ChunkFetcher(Protocol):
+    """Batched, concurrent reads of whole objects or byte ranges by key.
+
+    A :class:`typing.Protocol`: any object with these members is a fetcher (wrappers
+    such as the disk cache's need not inherit). Backends inherit from it to get the
+    defaults below (``read_into`` through ``fetch``, no device reads, context manager).
+    """
 
     #: Names the store in messages (e.g. ``"file:///data/x.zarr"``); caches key on :attr:`cache_identity`.
     store_id: str
@@ -188,43 +194,3 @@ class ChunkFetcher(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-#: alignment of every entry in a batch buffer: nvCOMP wants 8-byte aligned Zstd/Deflate inputs; 16 is safe for all
-BATCH_ALIGN = 16
-
-
-def aligned_slots(sizes: np.ndarray | Sequence[int], start: int = 0, align: int = BATCH_ALIGN) -> tuple[np.ndarray, int]:
-    """Offsets (multiples of ``align``) for buffers of ``sizes`` packed from ``start``; returns ``(offsets, end)``."""
-    start = -(-int(start) // align) * align
-    padded = -(-np.asarray(sizes, dtype=np.int64) // align) * align
-    offsets = np.full(len(padded), start, dtype=np.int64)
-    if len(padded) > 1:
-        offsets[1:] += np.cumsum(padded[:-1])
-    return offsets, int(start + padded.sum())
-
-
-def _as_bytes_view(chunk: Any) -> memoryview:
-    view = memoryview(chunk)
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
-    return view
-
-
-def concatenate_aligned(chunks: Sequence[Any], align: int = BATCH_ALIGN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chunks (bytes-like) back to back in one uint8 array, each at an offset from :func:`aligned_slots`.
-
-    Returns ``(blob, base, length)``. One ``bytes.join`` call: no per-chunk copies in Python.
-    """
-    views = [_as_bytes_view(c) for c in chunks]
-    length = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
-    base, end = aligned_slots(length, align=align)
-    pads = np.diff(np.append(base, end)) - length
-    zero = bytes(align)
-    parts: list[Any] = []
-    for v, p in zip(views, pads.tolist(), strict=True):
-        parts.append(v)
-        if p:
-            parts.append(zero[:p])
-    blob = np.frombuffer(b"".join(parts), dtype=np.uint8) if parts else np.zeros(0, dtype=np.uint8)
-    return blob, base, length

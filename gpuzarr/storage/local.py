@@ -21,18 +21,19 @@ import contextlib
 import functools
 import itertools
 import os
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gpuzarr.errors import FetchError, RangeNotSatisfiableError
-from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, aligned_slots, normalize_request
+from gpuzarr.settings import io_thread_budget
+from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
+from gpuzarr.storage.buffers import DeviceBatch, aligned_slots
 from gpuzarr.storage.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
+from gpuzarr.threads import ThreadPool
 
 
 @functools.cache
@@ -45,27 +46,6 @@ def cuda_io_usable() -> bool:
     from gpuzarr import _optional
 
     return bool(_optional.kvikio()) and bool(_optional.cupy_device())
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceBatch:
-    """Encoded bytes of a batch in one device buffer (CuPy ``uint8``).
-
-    Entry ``i`` occupies ``data[offsets[i] : offsets[i] + lengths[i]]`` when
-    ``present[i]``; a missing key has ``present[i] == False`` and length 0.
-    """
-
-    data: Any
-    offsets: np.ndarray
-    lengths: np.ndarray
-    present: np.ndarray
-
-    def item(self, index: int) -> Any | None:
-        """Device view of entry ``index`` (``None`` when the key is missing)."""
-        if not self.present[index]:
-            return None
-        start = int(self.offsets[index])
-        return self.data[start : start + int(self.lengths[index])]
 
 
 def range_past_end_error(message: str, key: str) -> FetchError:
@@ -131,17 +111,19 @@ class LocalFileFetcher(ChunkFetcher):
         self._root_prefix = str(self.root).rstrip("/") + "/"
         self.store_id = self.root.as_uri()
         self.retry = retry
-        self.max_workers = max_workers or min(32, 4 * (os.cpu_count() or 1))
         self.use_kvikio = cuda_io_usable() if use_kvikio is None else bool(use_kvikio and cuda_io_usable())
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = -1
-        self._pool_lock = threading.Lock()
+        self._pool = ThreadPool("gpuzarr-local", max_workers or io_thread_budget)
         self._closed = False
 
     @property
     def persistent_identity(self) -> str:
         """The resolved root as a ``file://`` URL: every fetcher of the same directory shares cache entries."""
         return self.store_id
+
+    @property
+    def max_workers(self) -> int:
+        """Read threads (the ``io_threads`` setting, read at each use, unless given ``max_workers``)."""
+        return self._pool.size
 
     # -- helpers -----------------------------------------------------------------
     def _path(self, key: str) -> str:
@@ -153,12 +135,7 @@ class LocalFileFetcher(ChunkFetcher):
     def _executor(self) -> ThreadPoolExecutor:
         if self._closed:
             raise FetchError(f"{self.store_id}: this array was closed; open it again to read from it")
-        with self._pool_lock:
-            # a forked child (DataLoader workers) inherits the pool object but not its threads
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="gpuzarr-local")
-                self._pool_pid = os.getpid()
-            return self._pool
+        return self._pool.executor()
 
     def _with_open_file(self, key: str, read: Callable[[int, int], Any]) -> Any:
         """``read(fd, size)`` on the file of ``key`` under the retry policy; ``None`` when it does not exist."""
@@ -338,10 +315,7 @@ class LocalFileFetcher(ChunkFetcher):
     def close(self) -> None:
         """Stop the thread pool (waits for reads in flight)."""
         self._closed = True
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def reads_to_device(self) -> bool:
@@ -353,5 +327,5 @@ class LocalFileFetcher(ChunkFetcher):
         return f"LocalFileFetcher({str(self.root)!r}, mode={mode})"
 
 
-__all__ = ["DeviceBatch", "LocalFileFetcher", "PermanentFetchError", "cuda_io_usable", "range_past_end_error",
+__all__ = ["LocalFileFetcher", "PermanentFetchError", "cuda_io_usable", "range_past_end_error",
            "resolve_extent"]

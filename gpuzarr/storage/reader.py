@@ -24,7 +24,7 @@ from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, Unsuppor
 from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredReads, SuffixRange
 
 if TYPE_CHECKING:
-    from gpuzarr.storage.local import DeviceBatch
+    from gpuzarr.storage.buffers import DeviceBatch
 
 _MAX_UINT64 = np.uint64(2**64 - 1)
 
@@ -203,7 +203,7 @@ class ChunkReader:
         decoding threads to load.
         With ``to_device=True`` (the GPU engine, for chains it takes that way) and a fetcher
         that reads into GPU memory (kvikio), the whole batch comes back as one
-        :class:`~gpuzarr.storage.local.DeviceBatch`, never touching host memory. Both only for
+        :class:`~gpuzarr.storage.buffers.DeviceBatch`, never touching host memory. Both only for
         unsharded arrays without a cache (a cache holds host bytes to reuse).
         """
         if len(coords) == 0:
@@ -374,6 +374,7 @@ def make_chunk_reader(
     from zarr.codecs import ShardingCodec
     from zarr.core.array_spec import ArrayConfig, ArraySpec
     from zarr.core.buffer import default_buffer_prototype
+    from zarr.dtype import UInt64
 
     grid = metadata.chunk_grid
     chunk_shape = getattr(grid, "chunk_shape", None)
@@ -396,13 +397,15 @@ def make_chunk_reader(
         if any(isinstance(c, ShardingCodec) for c in sc.codecs):
             raise UnsupportedCodecError(f"{array_name}: nested sharding is not supported")
         chain = build_decode_chain(tuple(sc.codecs), spec(inner, dtype, metadata.fill_value), array_name)
-        index_spec = sc._get_index_chunk_spec(cps)
+        # public routes only: the index is a (*cps, 2) little-endian uint64 array; its
+        # stored size is what the sharding codec adds to a shard's payload
+        index_spec = spec((*cps, 2), UInt64(endianness="little"), np.iinfo(np.uint64).max)
         index_chain = build_decode_chain(tuple(sc.index_codecs), index_spec, array_name)
         layout = ShardLayout(
             shard_shape=chunk_shape,
             chunks_per_shard=cps,
             index_location=str(getattr(sc.index_location, "value", sc.index_location)),
-            index_nbytes=int(sc._shard_index_size(cps)),
+            index_nbytes=int(sc.compute_encoded_size(0, spec(chunk_shape, dtype, metadata.fill_value))),
             index_chain=index_chain,
         )
         return make_reader_for(fetcher, metadata, array_path, array_name, cache, layout), chain, inner

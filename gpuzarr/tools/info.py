@@ -4,7 +4,7 @@ Each component (CuPy and the CUDA device it sees, the driver, nvCOMP, kvikio and
 compat / GDS mode, NVML, the integrations, the other readers the benchmark compares
 against) is probed once and reported as usable or "not usable: <reason>". Availability
 comes from :mod:`gpuzarr._optional` and the device ``"auto"`` resolves to from
-:mod:`gpuzarr.engines.device`, so this report and the engines can never disagree.
+:mod:`gpuzarr.engines.base`, so this report and the engines can never disagree.
 
 Every probe runs on a daemon thread with a time limit, so a broken driver stack makes a
 line say "timed out" instead of hanging the command. :func:`collect_environment` is the
@@ -208,7 +208,7 @@ def _probe_kvikio() -> Component:
 
 def _probe_gpu_engine() -> Component:
     from gpuzarr import _optional
-    from gpuzarr.engines.device import resolve_device
+    from gpuzarr.engines.base import resolve_device
 
     avail = _optional.gpu_engine()
     auto = resolve_device("auto")

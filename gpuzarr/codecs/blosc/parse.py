@@ -40,7 +40,7 @@ from gpuzarr.codecs.blosc.format import (
     walk_streams,
 )
 from gpuzarr.errors import CorruptChunkError
-from gpuzarr.storage.base import concatenate_aligned
+from gpuzarr.storage.buffers import concatenate_aligned
 
 
 @dataclass(frozen=True)

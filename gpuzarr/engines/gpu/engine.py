@@ -25,11 +25,11 @@ one :class:`CpuFallbackWarning` per reason; ``strict=True`` raises
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,16 +37,28 @@ import numpy as np
 from gpuzarr import _optional
 from gpuzarr.codecs import blosc
 from gpuzarr.codecs.chain import BloscStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
+from gpuzarr.engines.base import EngineCapabilities
 from gpuzarr.engines.gpu import kernels as K
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
 from gpuzarr.plan.layout import chunk_strides, gather_layout
 from gpuzarr.plan.planner import BatchPlan
-from gpuzarr.storage.base import BATCH_ALIGN, aligned_slots, concatenate_aligned
-from gpuzarr.storage.local import DeviceBatch
+from gpuzarr.storage.buffers import BATCH_ALIGN, DeviceBatch, aligned_slots, concatenate_aligned
+from gpuzarr.threads import cpu_pool
 
 ALIGN = BATCH_ALIGN
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _NVCOMP_ALGORITHM = {blosc.FORMAT_LZ4: "LZ4", blosc.FORMAT_ZSTD: "Zstd", blosc.FORMAT_ZLIB: "Deflate"}
+
+
+def _caller_stream(stream: Any) -> Any:
+    """A context making the caller's CUDA stream CuPy's current one (nothing when ``None``)."""
+    if stream is None:
+        return contextlib.nullcontext()
+    import cupy as cp
+
+    if isinstance(stream, int) or hasattr(stream, "cuda_stream"):  # a raw handle, or a torch.cuda.Stream
+        return cp.cuda.ExternalStream(int(getattr(stream, "cuda_stream", stream)))
+    return stream  # a CuPy stream: entering it makes it current
 
 
 def _align_up(x: np.ndarray | int, a: int = ALIGN) -> Any:
@@ -136,8 +148,9 @@ class GpuEngine:
     """Executes a :class:`BatchPlan` on the current CUDA device (see module docstring)."""
 
     name = "cuda"
-    #: chunks arrive as host bytes or as one DeviceBatch (see takes_device_batches), never DeferredRead
-    loads_deferred_reads = False
+    #: chunks arrive as host bytes or as one DeviceBatch (see takes_device_batches), never DeferredRead;
+    #: the work of a batch is queued on the caller's stream when one is given
+    capabilities = EngineCapabilities(device="cuda", device_batches=True, uses_stream=True)
 
     def __init__(self, *, strict: bool = False) -> None:
         available = _optional.gpu_engine()
@@ -147,7 +160,6 @@ class GpuEngine:
         self._warned: set[str] = set()
         self._codecs: dict[tuple[str, int, int], Any] = {}
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
 
     def takes_device_batches(self, chain: DecodeChain) -> bool:
         """Whether chunks of ``chain`` may arrive as one :class:`DeviceBatch` read straight into GPU memory.
@@ -169,14 +181,6 @@ class GpuEngine:
                 return
             self._warned.add(reason)
         warnings.warn(CpuFallbackWarning(f"{array_name}: {reason}; decoding on the CPU"), stacklevel=3)
-
-    def _executor(self) -> ThreadPoolExecutor:
-        from gpuzarr.engines.cpu import default_workers
-
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="gpuzarr-gpu-fallback")
-            return self._pool
 
     # ------------------------------------------------------------------ nvCOMP
 
@@ -413,7 +417,7 @@ class GpuEngine:
         cpu_chunks = np.flatnonzero(cpu_only)
         if cpu_chunks.size:
             self._fallback(array_name, "Blosc chunks compressed with blosclz have no GPU decoder")
-            decoded = self._executor().map(
+            decoded = cpu_pool().map(
                 lambda c: blosc.decode_blosc_chunk_numcodecs(chunks[c], key=keys[c], array_name=array_name,
                                                              nbytes=nbytes), cpu_chunks.tolist())
             for c, arr in zip(cpu_chunks.tolist(), decoded, strict=True):
@@ -423,7 +427,7 @@ class GpuEngine:
 
     def _decode_on_cpu(self, chunks: Sequence[Any], chain: DecodeChain, keys: Sequence[str],
                        array_name: str) -> tuple[Any, np.ndarray]:
-        decoded = list(self._executor().map(
+        decoded = list(cpu_pool().map(
             lambda c: np.ascontiguousarray(chain.decode(chunks[c], key=keys[c], array=array_name)).view(np.uint8).reshape(-1),
             range(len(chunks))))
         dev, base, _, _ = self._upload(decoded)
@@ -497,12 +501,23 @@ class GpuEngine:
         array_name: str,
         transform: Any = None,
         out: Any = None,
+        stream: Any = None,
     ) -> Any:
         """Decode every distinct chunk once and build the stacked batch on the GPU (a CuPy array).
 
         ``encoded``: host bytes per chunk (``None`` where never written), or one
         :class:`DeviceBatch` read straight into device memory (see :meth:`takes_device_batches`).
+        ``stream``: a CUDA stream the caller owns (CuPy stream, torch stream, or a raw
+        ``cudaStream_t``); every copy, decode and launch of the batch is queued on it
+        (CuPy's current stream when ``None``).
         """
+        with _caller_stream(stream):
+            return self._decode_and_assemble(plan, encoded, chain, fill_value, keys=keys, array_name=array_name,
+                                             transform=transform, out=out)
+
+    def _decode_and_assemble(self, plan: BatchPlan, encoded: Sequence[Any] | DeviceBatch, chain: DecodeChain,
+                             fill_value: Any, *, keys: Sequence[str], array_name: str, transform: Any,
+                             out: Any) -> Any:
         import cupy as cp
 
         if isinstance(encoded, DeviceBatch):  # read straight into device memory (see takes_device_batches)
@@ -544,7 +559,4 @@ class GpuEngine:
         return result
 
     def close(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+        """Nothing to release: fallback decodes run on the shared CPU pool (:func:`gpuzarr.threads.cpu_pool`)."""

@@ -170,7 +170,7 @@ class _GpuzarrReader(Reader):
 
     def open(self, source: DatasetSource) -> None:
         import gpuzarr
-        from gpuzarr.engines.device import resolve_device
+        from gpuzarr.engines.base import resolve_device
         from gpuzarr.errors import DeviceUnavailableError
 
         try:
