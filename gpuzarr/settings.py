@@ -9,6 +9,12 @@ module constant at import), so a change takes effect on the next read::
         arr.read_batch(regions)                          # only inside the block
     gpuzarr.config.set({"s3.client": "s3fs"})           # from now on
 
+Thread budgets, partial decode and the retry policy are read at each use. The remote
+fetcher's client choice, concurrency and timeout are read when a fetcher is made (when an
+array is opened), because its clients and connection pools are built then. An explicit
+keyword argument (``open_array(url, s3_client="s3fs")``, ``LocalFileFetcher(root,
+max_workers=8)``, ``RetryPolicy(max_attempts=3)``) overrides the setting.
+
 Environment variables override the defaults at import: ``GPUZARR_THREADS=8``,
 ``GPUZARR_S3__CLIENT=s3fs`` (a double underscore separates nested keys; values are parsed
 as Python literals where they are one). Built on donfig, the configuration library zarr
@@ -27,7 +33,9 @@ key                                    meaning
                                        fraction of the chunk (then the whole chunk decodes)
 ``retry.max_attempts`` ...             defaults of :class:`gpuzarr.storage.retry.RetryPolicy`
 ``s3.client``                          ``"auto"``, ``"obstore"`` or ``"s3fs"``
-``s3.max_concurrency``                 range GETs in flight per fetcher
+``s3.max_concurrency``                 range GETs in flight per remote fetcher (S3 or HTTP)
+``s3.request_timeout``                 seconds one remote request may wait for a connection
+                                       or for data before it counts as failed (and retried)
 ``gpu.scratch_bytes``                  nVCOMP temporary-memory budget of one decode call
                                        (a batch whose temp size would exceed it is split)
 =====================================  =====================================================
@@ -58,6 +66,7 @@ DEFAULTS: dict = {
     "s3": {
         "client": "auto",
         "max_concurrency": 64,
+        "request_timeout": 30.0,
     },
     "gpu": {
         "scratch_bytes": 1 << 30,

@@ -11,7 +11,6 @@ from zarr.codecs import BloscCodec
 
 import gpuzarr
 from gpuzarr.codecs.blosc.partial import decode_blocks_into, needed_blocks, partial_decode_available
-from gpuzarr.engines import cpu as cpu_engine
 from gpuzarr.plan.planner import piece_byte_intervals
 
 pytestmark = pytest.mark.skipif(not partial_decode_available(), reason="numcodecs exports no blosc_getitem")
@@ -36,13 +35,6 @@ def test_piece_byte_intervals_cover_the_box() -> None:
     assert covered[need].all()
 
 
-@pytest.fixture(autouse=True)
-def _restore_partial_threshold() -> object:
-    saved = cpu_engine.PARTIAL_DECODE_MIN_BYTES
-    yield
-    cpu_engine.PARTIAL_DECODE_MIN_BYTES = saved
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     cname=st.sampled_from(["lz4", "zstd", "zlib", "blosclz"]),
@@ -54,7 +46,6 @@ def _restore_partial_threshold() -> object:
 def test_partial_decode_equals_zarr(cname: str, shuffle: str, dtype: str, blocksize: int, data: st.DataObject,
                                     tmp_path_factory: pytest.TempPathFactory) -> None:
     shape, chunks = (3, 300, 257), (2, 256, 256)
-    cpu_engine.PARTIAL_DECODE_MIN_BYTES = 0  # take the partial path for these small chunks too
     arr = zarr.create_array(str(tmp_path_factory.mktemp("p") / "a.zarr"), shape=shape, chunks=chunks, dtype=dtype,
                             compressors=BloscCodec(cname=cname, clevel=3, shuffle=shuffle, blocksize=blocksize),
                             fill_value=0)
@@ -66,7 +57,8 @@ def test_partial_decode_equals_zarr(cname: str, shuffle: str, dtype: str, blocks
     n = data.draw(st.integers(1, 6))
     regions = [(data.draw(st.integers(0, 2)), slice(y := data.draw(st.integers(0, 300 - size[0])), y + size[0]),
                 slice(x := data.draw(st.integers(0, 257 - size[1])), x + size[1])) for _ in range(n)]
-    got = h.read_batch(regions, device="cpu")
+    with gpuzarr.config.set({"partial_decode.min_chunk_bytes": 0}):  # the partial path for these small chunks too
+        got = h.read_batch(regions, device="cpu")
     want = np.stack([arr[r] for r in regions])
     np.testing.assert_array_equal(got, want)
 

@@ -22,11 +22,9 @@ import numpy as np
 from gpuzarr.codecs.chain import DecodeChain
 from gpuzarr.engines.base import EngineCapabilities
 from gpuzarr.plan.planner import BatchPlan, chunk_byte_intervals
+from gpuzarr.settings import config
 from gpuzarr.storage.base import DeferredRead, DeferredReads
 from gpuzarr.threads import ThreadPool, cpu_pool
-
-#: chunks smaller than this are always decoded whole (they hold few Blosc blocks)
-PARTIAL_DECODE_MIN_BYTES = 1 << 18
 
 
 def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | None) -> list[tuple]:
@@ -103,10 +101,11 @@ class CpuEngine:
         dst_index = _piece_indices(plan.piece_dst_start, plan.piece_extent, plan.piece_region)
         src_index = _piece_indices(plan.piece_src_start, plan.piece_extent, None)
         scratch_nbytes = chain.stored_nbytes
-        # decoding only the needed Blosc blocks pays off once a chunk spans several blocks;
+        # decoding only the needed Blosc blocks pays off once a chunk spans several blocks (chunks
+        # below partial_decode.min_chunk_bytes hold few Blosc blocks: always decoded whole);
         # the byte intervals every chunk's pieces read come from one NumPy pass over the batch
         intervals = interval_offsets = None
-        if chain.supports_partial_decode and scratch_nbytes >= PARTIAL_DECODE_MIN_BYTES and n:
+        if chain.supports_partial_decode and scratch_nbytes >= config.get("partial_decode.min_chunk_bytes") and n:
             iv, iv_offsets = chunk_byte_intervals(plan, chain.chunk_shape, chain.dtype.itemsize)
             intervals, interval_offsets = iv.tolist(), iv_offsets.tolist()
         deferred = encoded if isinstance(encoded, DeferredReads) else None

@@ -32,7 +32,7 @@ from gpuzarr.errors import FetchError, RangeNotSatisfiableError
 from gpuzarr.settings import io_thread_budget
 from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, Range, SuffixRange, normalize_request
 from gpuzarr.storage.buffers import DeviceBatch, aligned_slots
-from gpuzarr.storage.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
+from gpuzarr.storage.retry import PermanentFetchError, RetryPolicy, ShortReadError
 from gpuzarr.threads import ThreadPool
 
 
@@ -104,13 +104,13 @@ class LocalFileFetcher(ChunkFetcher):
         root: str | os.PathLike[str],
         *,
         max_workers: int | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+        retry: RetryPolicy | None = None,
         use_kvikio: bool | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         self._root_prefix = str(self.root).rstrip("/") + "/"
         self.store_id = self.root.as_uri()
-        self.retry = retry
+        self.retry = retry or RetryPolicy()  # the retry.* settings unless given
         self.use_kvikio = cuda_io_usable() if use_kvikio is None else bool(use_kvikio and cuda_io_usable())
         self._pool = ThreadPool("gpuzarr-local", max_workers or io_thread_budget)
         self._closed = False

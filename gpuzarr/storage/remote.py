@@ -49,6 +49,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from gpuzarr.errors import ConfigurationError, DeviceUnavailableError, FetchError
+from gpuzarr.settings import config
 from gpuzarr.storage.base import (
     Buffer,
     ByteRange,
@@ -59,7 +60,7 @@ from gpuzarr.storage.base import (
 )
 from gpuzarr.storage.buffers import DeviceBatch, aligned_slots, concatenate_aligned
 from gpuzarr.storage.local import cuda_io_usable, range_past_end_error, resolve_extent
-from gpuzarr.storage.retry import DEFAULT_RETRY_POLICY, PermanentFetchError, RetryPolicy, ShortReadError
+from gpuzarr.storage.retry import PermanentFetchError, RetryPolicy, ShortReadError
 from gpuzarr.threads import ForkLocal, ThreadPool
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -290,11 +291,13 @@ class RemoteFetcher(ChunkFetcher):
             raise ConfigurationError(f"RemoteFetcher needs an s3:// or http(s):// URL, got {url!r}")
         self.scheme = "s3" if parsed.scheme in ("s3", "s3a") else "http"
         self.url = url.rstrip("/")
-        self.retry = retry or options.get("retry") or DEFAULT_RETRY_POLICY
-        self.max_concurrency = int(max_concurrency or options.get("max_concurrency") or 64)
-        self.request_timeout = float(request_timeout or options.get("request_timeout") or 30.0)
+        # explicit arguments (or the same names among the storage options, as open_array passes
+        # them) win; otherwise the settings (gpuzarr.config: retry.*, s3.*) at the time the fetcher is made
+        self.retry = retry or options.get("retry") or RetryPolicy()
+        self.max_concurrency = int(max_concurrency or options.get("max_concurrency") or config.get("s3.max_concurrency"))
+        self.request_timeout = float(request_timeout or options.get("request_timeout") or config.get("s3.request_timeout"))
         want_kvikio = options.get("use_kvikio") if use_kvikio is None else use_kvikio
-        s3_client = str(options.get("s3_client") or "auto")
+        s3_client = str(options.get("s3_client") or config.get("s3.client"))
         if s3_client not in S3_CLIENTS:
             raise ConfigurationError(f"s3_client must be one of {S3_CLIENTS}, got {s3_client!r}")
         self.use_kvikio = cuda_io_usable() and want_kvikio is not False and _kvikio_remote_available()

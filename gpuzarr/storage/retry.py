@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gpuzarr.errors import FetchError
+from gpuzarr.settings import config
 
 T = TypeVar("T")
 
@@ -140,17 +141,20 @@ def is_transient(exc: BaseException) -> bool:
 class RetryPolicy:
     """How often and how patiently a fetcher retries one read.
 
+    A field not given takes the ``retry.*`` setting of :data:`gpuzarr.config` at
+    construction, so ``RetryPolicy()`` is the configured policy.
+
     Attempt ``n`` (0-based) that fails transiently sleeps a uniformly random time in
     ``[0, min(max_delay, base_delay * multiplier**n)]`` ("full jitter") before the
     next attempt. ``max_attempts`` counts the first try. ``deadline`` (seconds, or
     ``None``) bounds the total time spent on one read including sleeps.
     """
 
-    max_attempts: int = 6
-    base_delay: float = 0.05
-    max_delay: float = 2.0
-    multiplier: float = 2.0
-    deadline: float | None = 120.0
+    max_attempts: int = field(default_factory=lambda: int(config.get("retry.max_attempts")))
+    base_delay: float = field(default_factory=lambda: float(config.get("retry.base_delay")))
+    max_delay: float = field(default_factory=lambda: float(config.get("retry.max_delay")))
+    multiplier: float = field(default_factory=lambda: float(config.get("retry.multiplier")))
+    deadline: float | None = field(default_factory=lambda: config.get("retry.deadline"))
     classify: Callable[[BaseException], bool] = field(default=is_transient, compare=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +216,3 @@ class RetryPolicy:
                 await asyncio.sleep(pause)
                 attempt += 1
 
-
-#: The policy used when a caller gives none.
-DEFAULT_RETRY_POLICY = RetryPolicy()

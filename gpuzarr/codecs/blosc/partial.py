@@ -29,9 +29,7 @@ from gpuzarr.codecs.blosc.format import (
     split_count,
     walk_streams,
 )
-
-#: decode the whole chunk once at least this fraction of its blocks is needed
-FULL_DECODE_FRACTION = 0.85
+from gpuzarr.settings import config
 
 
 @functools.cache
@@ -111,7 +109,8 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any) -> bo
     for :func:`block_runs`. Bytes outside the
     decoded blocks are left as they were. Returns False, having written nothing, when
     decoding the whole chunk is the better (or only) option: partial decode unavailable,
-    a memcpyed chunk, sizes that are not whole items, or most blocks needed.
+    a memcpyed chunk, sizes that are not whole items, or more than the
+    ``partial_decode.max_fraction`` setting of its blocks needed.
     """
     getitem = _getitem()
     if getitem is None:
@@ -128,7 +127,7 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any) -> bo
         return False
     runs = block_runs(intervals, blocksize, nblocks)
     n_needed = sum(b1 - b0 for b0, b1 in runs)
-    if n_needed >= FULL_DECODE_FRACTION * nblocks:
+    if n_needed >= config.get("partial_decode.max_fraction") * nblocks:  # then the whole chunk is cheaper
         return False
     blocks = np.fromiter((b for b0, b1 in runs for b in range(b0, b1)), dtype=np.int64)
     _check_blocks(src, blocks, nblocks=nblocks, blocksize=blocksize, nbytes=nbytes, typesize=typesize,
