@@ -88,3 +88,22 @@ def _module_available(name: str) -> Availability:
     if mod is None:
         return Availability(False, why)
     return Availability(True, "", getattr(mod, "__version__", None))
+
+
+class MissingExtraError(ImportError):
+    """A command needs packages of an extra that is not installed; the message says what to install."""
+
+
+#: the packages each extra brings that gpuzarr's commands import (module name, not distribution name)
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "demo": ("rich", "tqdm", "psutil"),
+    "bench": ("rich", "tqdm", "psutil"),
+}
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Raise :class:`MissingExtraError` naming ``pip install 'gpuzarr[extra]'`` unless the extra's modules import."""
+    missing = [name for name in EXTRA_MODULES[extra] if not _import(name)[0]]
+    if missing:
+        raise MissingExtraError(f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed): "
+                                f"pip install 'gpuzarr[{extra}]'")

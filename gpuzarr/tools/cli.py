@@ -146,6 +146,9 @@ def _cache_factory(megabytes: int) -> Any:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from gpuzarr import _optional
+
+    _optional.require_extra("bench", "gpuzarr bench")
     from gpuzarr.tools.bench.report import make_console, render_table, save_outputs
     from gpuzarr.tools.bench.runner import run_benchmark
 
@@ -174,6 +177,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from gpuzarr import _optional
+
+    _optional.require_extra("demo", "gpuzarr demo")
     from gpuzarr.tools.bench.report import make_console, save_outputs, throughput_table
     from gpuzarr.tools.bench.runner import run_benchmark
 
@@ -193,6 +199,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from gpuzarr import _optional
+
+    if not args.json:  # the JSON report needs nothing beyond the base install; the table needs rich
+        _optional.require_extra("demo", "gpuzarr info (the table; --json works without it)")
     from gpuzarr.tools.info import collect_components, info_dict, render_info
 
     components = collect_components(timeout_s=args.timeout)
@@ -205,6 +215,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gpuzarr`` command line; returns the exit status."""
+    from gpuzarr import _optional
     from gpuzarr.errors import GpuzarrError
 
     parser = build_parser()
@@ -215,3 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (GpuzarrError, ValueError) as exc:  # bad input: one clear line, not a traceback
         print(f"gpuzarr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except _optional.MissingExtraError as exc:  # a base install running a command of an extra
+        print(f"gpuzarr {args.command}: {exc}", file=sys.stderr)
+        return 3
