@@ -65,11 +65,11 @@ from zarr.abc.codec import CodecPipeline, GetResult
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.config import config as zarr_config
 
-from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
+from gpuzarr.codecs.chain import DecodeChain
 from gpuzarr.errors import CorruptChunkError, GpuzarrError, GpuzarrWarning, UnsupportedCodecError
 from gpuzarr.plan.planner import BatchPlan
 from gpuzarr.storage.base import DeferredRead
-from gpuzarr.storage.reader import ShardLayout, check_shard_index
+from gpuzarr.storage.reader import ShardLayout, check_shard_index, decode_layout
 
 __all__ = ["GpuzarrCodecPipeline", "PipelineFallbackWarning", "PipelineUnsupportedError", "read_stats"]
 
@@ -130,7 +130,8 @@ def _fall_back(reason: str) -> None:
                   PipelineFallbackWarning, stacklevel=3)
 
 
-def _workers() -> int:
+def _workers() -> int | None:
+    """zarr's own thread setting, when one is given (else gpuzarr's shared CPU pool is used)."""
     for key in ("threading.max_workers", "codec_pipeline.max_workers"):
         value = zarr_config.get(key, None)
         if value:
@@ -138,9 +139,7 @@ def _workers() -> int:
                 return max(1, int(value))
             except (TypeError, ValueError):
                 continue
-    from gpuzarr.settings import thread_budget
-
-    return thread_budget()
+    return None
 
 
 _engines: dict[int, Any] = {}
@@ -148,10 +147,14 @@ _engines_lock = threading.Lock()
 
 
 def _cpu_engine(workers: int | None = None) -> Any:
-    """A CPU engine with ``workers`` (default: the configured) threads, one per count and process."""
+    """A CPU engine with ``workers`` (default: zarr's thread setting) threads, one per count and process;
+    without either, gpuzarr's shared one (the ``threads`` budget)."""
+    from gpuzarr.engines.base import resolve_engine
     from gpuzarr.engines.cpu import CpuEngine
 
     n = workers or _workers()
+    if n is None:
+        return resolve_engine("cpu")  # the `threads` budget, shared with every other gpuzarr read
     with _engines_lock:
         engine = _engines.get(n)
         if engine is None:
@@ -170,31 +173,10 @@ class _Layout:
 def _compile(codecs: tuple[Any, ...], spec: Any) -> _Layout:
     """The decode layout of chunks of ``spec`` under ``codecs``; UnsupportedCodecError says why not."""
     from zarr.codecs.sharding import ShardingCodec
-    from zarr.core.array_spec import ArraySpec
 
-    name = "array"
-    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
-        sc = codecs[0]
-        shard_shape = tuple(int(s) for s in spec.shape)
-        inner = tuple(int(c) for c in sc.chunk_shape)
-        if len(inner) != len(shard_shape) or any(i <= 0 or s % i for s, i in zip(shard_shape, inner, strict=True)):
-            raise UnsupportedCodecError(f"shard shape {shard_shape} is not a multiple of the inner chunk shape {inner}")
-        cps = tuple(s // i for s, i in zip(shard_shape, inner, strict=True))
-        inner_spec = ArraySpec(shape=inner, dtype=spec.dtype, fill_value=spec.fill_value, config=spec.config,
-                               prototype=spec.prototype)
-        if any(isinstance(c, ShardingCodec) for c in sc.codecs):
-            raise UnsupportedCodecError("nested sharding")
-        _check_array_codecs(tuple(sc.codecs), inner_spec)
-        chain = build_decode_chain(tuple(sc.codecs), inner_spec, name)
-        index_chain = build_decode_chain(tuple(sc.index_codecs), sc._get_index_chunk_spec(cps), name)
-        layout = ShardLayout(shard_shape=shard_shape, chunks_per_shard=cps,
-                             index_location=str(getattr(sc.index_location, "value", sc.index_location)),
-                             index_nbytes=int(sc._shard_index_size(cps)), index_chain=index_chain)
-        return _Layout(chain, layout)
-    if any(isinstance(c, ShardingCodec) for c in codecs):
-        raise UnsupportedCodecError("sharding combined with other codecs outside it")
-    _check_array_codecs(codecs, spec)
-    return _Layout(build_decode_chain(codecs, spec, name), None)
+    sharded = len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
+    _check_array_codecs(tuple(codecs[0].codecs) if sharded else codecs, spec)
+    return _Layout(*decode_layout(codecs, spec, "array"))
 
 
 def _check_array_codecs(codecs: tuple[Any, ...], spec: Any) -> None:
@@ -565,7 +547,7 @@ class _Job:
 
         fill = fill_value_or_default(self.spec)
         if self.gpu:
-            from gpuzarr.engines.device import resolve_engine
+            from gpuzarr.engines.base import resolve_engine
 
             engine = resolve_engine("cuda")
         else:

@@ -367,50 +367,64 @@ class ChunkReader:
         return out
 
 
+def decode_layout(codecs: tuple[Any, ...], chunk_spec: Any, array_name: str) -> tuple[DecodeChain, ShardLayout | None]:
+    """Decode chain of the units read (inner chunks when sharded) and the shard layout (``None`` if not sharded).
+
+    ``chunk_spec`` is zarr's ``ArraySpec`` of one stored chunk (a whole shard when
+    sharded). Only zarr's public API is used: the shard index is a ``(*chunks_per_shard,
+    2)`` little-endian uint64 array, and its stored size is what the sharding codec adds
+    to a shard's payload (``compute_encoded_size(0, ...)``). The one place the array
+    handle and the zarr codec-pipeline plug-in turn codecs into a read layout.
+    """
+    from zarr.codecs import ShardingCodec
+    from zarr.core.array_spec import ArraySpec
+    from zarr.dtype import UInt64
+
+    def spec(shape: tuple[int, ...], dtype: Any, fill: Any) -> Any:
+        return ArraySpec(shape=shape, dtype=dtype, fill_value=fill, config=chunk_spec.config,
+                         prototype=chunk_spec.prototype)
+
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        sc = codecs[0]
+        shard_shape = tuple(int(s) for s in chunk_spec.shape)
+        inner = tuple(int(c) for c in sc.chunk_shape)
+        if len(inner) != len(shard_shape) or any(i <= 0 or s % i for s, i in zip(shard_shape, inner, strict=True)):
+            raise UnsupportedCodecError(f"{array_name}: shard shape {shard_shape} is not a multiple of {inner}")
+        cps = tuple(s // i for s, i in zip(shard_shape, inner, strict=True))
+        if any(isinstance(c, ShardingCodec) for c in sc.codecs):
+            raise UnsupportedCodecError(f"{array_name}: nested sharding is not supported")
+        chain = build_decode_chain(tuple(sc.codecs), spec(inner, chunk_spec.dtype, chunk_spec.fill_value), array_name)
+        index_spec = spec((*cps, 2), UInt64(endianness="little"), np.iinfo(np.uint64).max)
+        layout = ShardLayout(
+            shard_shape=shard_shape,
+            chunks_per_shard=cps,
+            index_location=str(getattr(sc.index_location, "value", sc.index_location)),
+            index_nbytes=int(sc.compute_encoded_size(0, chunk_spec)),
+            index_chain=build_decode_chain(tuple(sc.index_codecs), index_spec, array_name),
+        )
+        return chain, layout
+    if any(isinstance(c, ShardingCodec) for c in codecs):
+        raise UnsupportedCodecError(f"{array_name}: sharding combined with other codecs outside it is not supported")
+    return build_decode_chain(codecs, chunk_spec, array_name), None
+
+
 def make_chunk_reader(
     fetcher: ChunkFetcher, metadata: Any, array_path: str, array_name: str, *, cache: Any = None
 ) -> tuple[ChunkReader, DecodeChain, tuple[int, ...]]:
     """Reader, decode chain and read-grid chunk shape for a zarr v3 array (inner grid if sharded)."""
-    from zarr.codecs import ShardingCodec
     from zarr.core.array_spec import ArrayConfig, ArraySpec
     from zarr.core.buffer import default_buffer_prototype
-    from zarr.dtype import UInt64
 
     grid = metadata.chunk_grid
     chunk_shape = getattr(grid, "chunk_shape", None)
     if chunk_shape is None:
         raise UnsupportedCodecError(f"{array_name}: chunk grid {type(grid).__name__} is not supported (regular grids only)")
     chunk_shape = tuple(int(c) for c in chunk_shape)
-    codecs = tuple(metadata.codecs)
-
-    def spec(shape: tuple[int, ...], dtype: Any, fill: Any) -> Any:
-        return ArraySpec(shape=shape, dtype=dtype, fill_value=fill, config=ArrayConfig.from_dict({}),
-                         prototype=default_buffer_prototype())
-
-    dtype = metadata.data_type
-    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
-        sc = codecs[0]
-        inner = tuple(int(c) for c in sc.chunk_shape)
-        if any(s % i for s, i in zip(chunk_shape, inner, strict=True)):
-            raise UnsupportedCodecError(f"{array_name}: shard shape {chunk_shape} is not a multiple of {inner}")
-        cps = tuple(s // i for s, i in zip(chunk_shape, inner, strict=True))
-        if any(isinstance(c, ShardingCodec) for c in sc.codecs):
-            raise UnsupportedCodecError(f"{array_name}: nested sharding is not supported")
-        chain = build_decode_chain(tuple(sc.codecs), spec(inner, dtype, metadata.fill_value), array_name)
-        # public routes only: the index is a (*cps, 2) little-endian uint64 array; its
-        # stored size is what the sharding codec adds to a shard's payload
-        index_spec = spec((*cps, 2), UInt64(endianness="little"), np.iinfo(np.uint64).max)
-        index_chain = build_decode_chain(tuple(sc.index_codecs), index_spec, array_name)
-        layout = ShardLayout(
-            shard_shape=chunk_shape,
-            chunks_per_shard=cps,
-            index_location=str(getattr(sc.index_location, "value", sc.index_location)),
-            index_nbytes=int(sc.compute_encoded_size(0, spec(chunk_shape, dtype, metadata.fill_value))),
-            index_chain=index_chain,
-        )
-        return make_reader_for(fetcher, metadata, array_path, array_name, cache, layout), chain, inner
-    chain = build_decode_chain(codecs, spec(chunk_shape, dtype, metadata.fill_value), array_name)
-    return make_reader_for(fetcher, metadata, array_path, array_name, cache, None), chain, chunk_shape
+    chunk_spec = ArraySpec(shape=chunk_shape, dtype=metadata.data_type, fill_value=metadata.fill_value,
+                           config=ArrayConfig.from_dict({}), prototype=default_buffer_prototype())
+    chain, layout = decode_layout(tuple(metadata.codecs), chunk_spec, array_name)
+    reader = make_reader_for(fetcher, metadata, array_path, array_name, cache, layout)
+    return reader, chain, chain.chunk_shape if layout is not None else chunk_shape
 
 
 def make_reader_for(
