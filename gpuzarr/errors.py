@@ -38,6 +38,11 @@ class CorruptChunkError(GpuzarrError, ValueError):
         self.array = array
         self.key = key
 
+    @classmethod
+    def of_chunk(cls, array: str, key: str, problem: str) -> CorruptChunkError:
+        """``"<array>: chunk '<key>' <problem>"``, carrying ``array`` and ``key``: the one way chunk errors are worded."""
+        return cls(f"{array}: chunk {key!r} {problem}", array=array, key=key)
+
 
 class UnsupportedCodecError(GpuzarrError, NotImplementedError):
     """The array uses a codec, data type or chunk grid that gpuzarr cannot read."""

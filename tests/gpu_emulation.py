@@ -797,11 +797,11 @@ def _make_launch_gather(emu: GpuEmulation, original: Callable[..., None]) -> Cal
     def launch_gather(plan: Any, chunks: Any, chunk_offset: np.ndarray, src_strides: np.ndarray, src_dtype: Any,
                       out: Any, *, sample_size: int, out_strides: np.ndarray, swap_bytes: bool = False,
                       fill_value: Any = 0, convert_to: Any = None, channel_axis: int | None = None,
-                      mean: np.ndarray | None = None, inv_std: np.ndarray | None = None, stream: Any = None) -> None:
+                      mean: np.ndarray | None = None, inv_std: np.ndarray | None = None) -> None:
         emu._gather_launched.flag = False
         original(plan, chunks, chunk_offset, src_strides, src_dtype, out, sample_size=sample_size,
                  out_strides=out_strides, swap_bytes=swap_bytes, fill_value=fill_value, convert_to=convert_to,
-                 channel_axis=channel_axis, mean=mean, inv_std=inv_std, stream=stream)
+                 channel_axis=channel_axis, mean=mean, inv_std=inv_std)
         if not emu._gather_launched.flag or not emu.oracles:
             return
         src_dtype = np.dtype(src_dtype)

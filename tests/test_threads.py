@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
-from typing import Any
 
 import pytest
 
@@ -21,30 +20,25 @@ def _pool_report(pool: ThreadPool) -> tuple[int, list[int], list[str]]:
     return os.getpid(), [r[0] for r in results], sorted({r[1] for r in results})
 
 
-def _child_uses_pools(queue: Any, pool: ThreadPool) -> None:
-    queue.put((_pool_report(pool), _pool_report(cpu_pool())))
+_POOL = ThreadPool("gpuzarr-test", 3)  # module level: a forked worker inherits it as the parent left it
+
+
+def _child_uses_pools() -> tuple[tuple[int, list[int], list[str]], tuple[int, list[int], list[str]]]:
+    return _pool_report(_POOL), _pool_report(cpu_pool())
 
 
 def test_pool_used_before_fork_works_in_the_child() -> None:
-    pool = ThreadPool("gpuzarr-test", 3)
-    parent_pid, squares, _ = _pool_report(pool)
-    parent_executor = pool.executor()
+    parent_pid, squares, _ = _pool_report(_POOL)
+    parent_executor = _POOL.executor()
     _pool_report(cpu_pool())
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_child_uses_pools, args=(queue, pool))
-    child.start()
-    child.join(60)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("a pool inherited over fork hung in the child")
-    assert child.exitcode == 0
-    (child_pid, child_squares, names), (_, cpu_squares, _) = queue.get(timeout=5)
+    with mp.get_context("fork").Pool(1) as workers:  # the worker process is forked now, pools in use
+        # a pool inherited over fork that did not start afresh would hang here (TimeoutError fails the test)
+        (child_pid, child_squares, names), (_, cpu_squares, _) = workers.apply_async(_child_uses_pools).get(60)
     assert child_pid != parent_pid
     assert child_squares == squares == [x * x for x in range(8)]
     assert cpu_squares == squares
     assert all(name.startswith("gpuzarr-test") for name in names)
-    assert pool.executor() is parent_executor  # the parent's pool is untouched
+    assert _POOL.executor() is parent_executor  # the parent's pool is untouched
 
 
 def test_os_fork_with_a_held_lock_does_not_deadlock_the_child() -> None:

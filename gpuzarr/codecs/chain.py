@@ -220,11 +220,7 @@ class DecodeChain:
             raise
         except (ValueError, RuntimeError, OSError, EOFError, zlib.error) as exc:
             key = key() if callable(key) else key
-            raise CorruptChunkError(
-                f"{array}: chunk {key!r} cannot be decoded ({', '.join(self.codec_names)}): {exc}",
-                array=array,
-                key=key,
-            ) from exc
+            raise CorruptChunkError.of_chunk(array, key, f"cannot be decoded ({', '.join(self.codec_names)}): {exc}") from exc
 
 
 def _native(dtype: np.dtype) -> np.dtype:

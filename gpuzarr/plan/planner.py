@@ -30,8 +30,6 @@ import numpy as np
 
 from gpuzarr.errors import RegionError
 
-Region = tuple[Any, ...]
-
 
 @dataclass(frozen=True, slots=True)
 class RegionBounds:

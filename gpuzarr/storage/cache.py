@@ -203,14 +203,6 @@ class PinnedLRUCache:
         """Insert one entry; ``False`` when it was not stored (too large / no room)."""
         return self.put_many([(key, data)]) == 1
 
-    def discard_many(self, keys: Iterable[Hashable]) -> None:
-        """Drop entries (e.g. after a chunk was rewritten)."""
-        with self._lock:
-            for key in keys:
-                if key in self._entries:
-                    del self._entries[key]
-                    self._used -= self._sizes.pop(key)
-
     def clear(self) -> None:
         """Drop every entry (counters are kept)."""
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -182,37 +183,35 @@ class RetryPolicy:
         error.__cause__ = exc
         return error
 
+    def _pause_after(self, exc: Exception, attempt: int, started: float, key: str) -> float:
+        """Seconds to sleep before retrying after failed attempt ``attempt``; raises the FetchError when giving up."""
+        transient = self.classify(exc)
+        pause = self.delay(attempt)
+        if not transient or self._give_up(attempt, started, pause):
+            raise self._failure(key, attempt + 1, exc, transient) from exc
+        return pause
+
     def call(self, fn: Callable[[], T], *, key: str) -> T:
         """Run ``fn`` until it succeeds, retrying transient failures; FetchError otherwise."""
         started = time.monotonic()
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 return fn()
             except FetchError:
                 raise
-            except Exception as exc:
-                transient = self.classify(exc)
-                pause = self.delay(attempt)
-                if not transient or self._give_up(attempt, started, pause):
-                    raise self._failure(key, attempt + 1, exc, transient) from exc
-                time.sleep(pause)
-                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - classified, and raised as FetchError, by _pause_after
+                time.sleep(self._pause_after(exc, attempt, started, key))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def call_async(self, fn: Callable[[], Awaitable[T]], *, key: str) -> T:
         """Async twin of :meth:`call`; ``fn`` makes a fresh awaitable per attempt."""
         started = time.monotonic()
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 return await fn()
             except FetchError:
                 raise
-            except Exception as exc:
-                transient = self.classify(exc)
-                pause = self.delay(attempt)
-                if not transient or self._give_up(attempt, started, pause):
-                    raise self._failure(key, attempt + 1, exc, transient) from exc
-                await asyncio.sleep(pause)
-                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - classified, and raised as FetchError, by _pause_after
+                await asyncio.sleep(self._pause_after(exc, attempt, started, key))
+        raise AssertionError("unreachable")  # pragma: no cover
 

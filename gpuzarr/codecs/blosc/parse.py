@@ -50,8 +50,8 @@ class BloscBatch:
     ``blob`` holds the chunks back to back, chunk ``c`` starting at ``chunk_base[c]``
     (a multiple of 16). All ``*_offset`` columns of streams are absolute offsets into
     ``blob``. A memcpyed chunk is described as one block with one raw stream, so every
-    consumer handles every chunk the same way. Blocks of a chunk are
-    ``chunk_block_start[c]:chunk_block_start[c+1]``, streams of a block
+    consumer handles every chunk the same way. Blocks are grouped by chunk, in
+    order (``block_chunk``), streams of a block
     ``block_stream_start[b]:block_stream_start[b+1]`` (``j``-th stream = ``j``-th byte
     plane when the block is split).
     """
@@ -60,11 +60,7 @@ class BloscBatch:
     blob: np.ndarray  # uint8
     chunk_base: np.ndarray  # (C,) int64
     chunk_nbytes: np.ndarray  # (C,) int64 decoded size
-    chunk_typesize: np.ndarray  # (C,) int64
-    chunk_blocksize: np.ndarray  # (C,) int64
     chunk_flags: np.ndarray  # (C,) uint8
-    chunk_format: np.ndarray  # (C,) int64
-    chunk_block_start: np.ndarray  # (C+1,) int64
     block_chunk: np.ndarray  # (B,) int64
     block_size: np.ndarray  # (B,) int64 decoded bytes of the block
     block_typesize: np.ndarray  # (B,) int64
@@ -233,9 +229,8 @@ def _analyse(chunks: Sequence[Any], expected_nbytes: int | Sequence[int] | None,
     stream_format = fmt[block_chunk[stream_block]]
 
     tables = {
-        "chunk_base": base, "chunk_nbytes": np.maximum(nbytes, 0), "chunk_typesize": typesize,
-        "chunk_blocksize": blocksize, "chunk_flags": flags.copy(), "chunk_format": fmt,
-        "chunk_block_start": block_start, "block_chunk": block_chunk, "block_size": block_size,
+        "chunk_base": base, "chunk_nbytes": np.maximum(nbytes, 0), "chunk_flags": flags.copy(),
+        "block_chunk": block_chunk, "block_size": block_size,
         "block_typesize": ts, "block_mode": mode, "block_nsplits": nsplits, "block_out_offset": block_out,
         "block_stream_start": stream_start, "stream_block": stream_block, "stream_offset": stream_offset,
         "stream_csize": stream_csize, "stream_usize": stream_usize, "stream_kind": stream_kind,
@@ -290,8 +285,7 @@ def parse_blosc_batch(
     if bad.size:
         c = int(bad[0])
         more = f" (and {bad.size - 1} more chunks)" if bad.size > 1 else ""
-        raise CorruptChunkError(f"{array_name}: chunk {key_t[c]!r} is not a valid Blosc chunk: {v.reasons[c]}{more}",
-                                array=array_name, key=key_t[c])
+        raise CorruptChunkError.of_chunk(array_name, key_t[c], f"is not a valid Blosc chunk: {v.reasons[c]}{more}")
     return BloscBatch(keys=key_t, blob=blob, **t)
 
 

@@ -125,12 +125,10 @@ def decode_blosc_chunk_numcodecs(chunk: Any, *, key: str, array_name: str, nbyte
     try:
         raw = numcodecs.blosc.decompress(chunk)
     except (RuntimeError, ValueError) as exc:
-        raise CorruptChunkError(f"{array_name}: chunk {key!r} cannot be decoded by Blosc: {exc}",
-                                array=array_name, key=key) from exc
+        raise CorruptChunkError.of_chunk(array_name, key, f"cannot be decoded by Blosc: {exc}") from exc
     arr = np.frombuffer(raw, dtype=np.uint8)
     if arr.size != nbytes:
-        raise CorruptChunkError(f"{array_name}: chunk {key!r} decoded to {arr.size} bytes, expected {nbytes}",
-                                array=array_name, key=key)
+        raise CorruptChunkError.of_chunk(array_name, key, f"decoded to {arr.size} bytes, expected {nbytes}")
     return arr
 
 
@@ -155,8 +153,7 @@ def decode_streams_cpu(batch: BloscBatch, array_name: str) -> tuple[np.ndarray, 
             decoded = decode_stream_cpu(int(batch.stream_format[s]), data, int(batch.stream_usize[s]))
         except ValueError as exc:
             key = batch.keys[int(stream_chunk[s])]
-            raise CorruptChunkError(f"{array_name}: chunk {key!r} has a corrupt inner stream: {exc}",
-                                    array=array_name, key=key) from exc
+            raise CorruptChunkError.of_chunk(array_name, key, f"has a corrupt inner stream: {exc}") from exc
         at = blob_len + int(scratch_off[s])
         arena[at:at + len(decoded)] = np.frombuffer(decoded, dtype=np.uint8)
     stream_arena_offset = np.where(compressed, blob_len + scratch_off, batch.stream_offset)

@@ -250,17 +250,15 @@ class GpuEngine:
         short = np.flatnonzero(length < 4)
         if short.size:
             k = keys[int(short[0])]
-            raise CorruptChunkError(f"{array_name}: chunk {k!r} is shorter than its 4-byte crc32c checksum",
-                                    array=array_name, key=k)
+            raise CorruptChunkError.of_chunk(array_name, k, "is shorter than its 4-byte crc32c checksum")
         body = length - 4
         stored = np.ascontiguousarray(host[(base + body)[:, None] + np.arange(4)]).view("<u4").reshape(-1)
         computed = K.launch_crc32c(dev, base, body).get()
         bad = np.flatnonzero(computed != stored)
         if bad.size:
             k = keys[int(bad[0])]
-            raise CorruptChunkError(
-                f"{array_name}: chunk {k!r} fails its crc32c check (stored {int(stored[bad[0]]):08x}, "
-                f"computed {int(computed[bad[0]]):08x})", array=array_name, key=k)
+            raise CorruptChunkError.of_chunk(array_name, k, f"fails its crc32c check (stored {int(stored[bad[0]]):08x}, "
+                                                            f"computed {int(computed[bad[0]]):08x})")
         return body
 
     def _decode_plain(self, algorithm: str, dev: Any, src_off: np.ndarray, src_size: np.ndarray, nbytes: int,
@@ -278,8 +276,7 @@ class GpuEngine:
         bad = np.flatnonzero(sizes != nbytes)
         if bad.size:
             k = keys[int(bad[0])]
-            raise CorruptChunkError(f"{array_name}: chunk {k!r} decoded to {int(sizes[bad[0]])} bytes, "
-                                    f"expected {nbytes}", array=array_name, key=k)
+            raise CorruptChunkError.of_chunk(array_name, k, f"decoded to {int(sizes[bad[0]])} bytes, expected {nbytes}")
         return out, out_off
 
     def _decode_plain_naming_culprit(self, algorithm: str, dev: Any, src_off: np.ndarray, src_size: np.ndarray,
@@ -297,8 +294,7 @@ class GpuEngine:
                 except CorruptChunkError:
                     raise
                 except Exception as cpu_exc:  # e.g. zlib.error, which DecodeChain.decode does not map
-                    raise CorruptChunkError(f"{array_name}: chunk {keys[c]!r} cannot be decoded: {cpu_exc}",
-                                            array=array_name, key=keys[c]) from cpu_exc
+                    raise CorruptChunkError.of_chunk(array_name, keys[c], f"cannot be decoded: {cpu_exc}") from cpu_exc
             raise
 
     def _check_zstd_frames(self, host: np.ndarray, base: np.ndarray, length: np.ndarray, nbytes: int,
@@ -308,11 +304,9 @@ class GpuEngine:
             try:
                 declared = blosc.zstd_content_size(view)
             except ValueError as exc:
-                raise CorruptChunkError(f"{array_name}: chunk {keys[c]!r} is not a Zstd frame: {exc}",
-                                        array=array_name, key=keys[c]) from None
+                raise CorruptChunkError.of_chunk(array_name, keys[c], f"is not a Zstd frame: {exc}") from None
             if declared is not None and declared != nbytes:
-                raise CorruptChunkError(f"{array_name}: chunk {keys[c]!r} declares {declared} bytes, expected {nbytes}",
-                                        array=array_name, key=keys[c])
+                raise CorruptChunkError.of_chunk(array_name, keys[c], f"declares {declared} bytes, expected {nbytes}")
 
     def _gzip_spans(self, host: np.ndarray, base: np.ndarray, length: np.ndarray, nbytes: int,
                     keys: Sequence[str], array_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -346,8 +340,7 @@ class GpuEngine:
         bad |= isize != (nbytes & 0xFFFFFFFF)
         if bad.any():
             k = keys[int(np.flatnonzero(bad)[0])]
-            raise CorruptChunkError(f"{array_name}: chunk {k!r} is not a gzip member of {nbytes} bytes",
-                                    array=array_name, key=k)
+            raise CorruptChunkError.of_chunk(array_name, k, f"is not a gzip member of {nbytes} bytes")
         return base + start, end - start
 
     def _decode_blosc(self, chunks: Sequence[Any], nbytes: int, keys: Sequence[str], array_name: str,
@@ -379,8 +372,7 @@ class GpuEngine:
                    | ((cmf * 256 + flg) % 31 != 0) | ((flg & 0x20) != 0))
             if bad.any():
                 k = batch.keys[int(batch.stream_chunk[zlib_rows[np.flatnonzero(bad)[0]]])]
-                raise CorruptChunkError(f"{array_name}: chunk {k!r} has a zlib stream with a bad header",
-                                        array=array_name, key=k)
+                raise CorruptChunkError.of_chunk(array_name, k, "has a zlib stream with a bad header")
             src_off[zlib_rows] += 2
             src_size[zlib_rows] -= 6
         for fmt, algorithm in _NVCOMP_ALGORITHM.items():
@@ -485,8 +477,7 @@ class GpuEngine:
             bad = np.flatnonzero(length != nbytes)
             if bad.size:
                 k = keys[int(bad[0])]
-                raise CorruptChunkError(f"{array_name}: chunk {k!r} has {int(length[bad[0]])} bytes, expected {nbytes}",
-                                        array=array_name, key=k)
+                raise CorruptChunkError.of_chunk(array_name, k, f"has {int(length[bad[0]])} bytes, expected {nbytes}")
             out, offsets = dev, base
         return out, offsets, chunk_strides(chain.chunk_shape, gplan.transpose_order), gplan.swap
 

@@ -6,7 +6,9 @@ Sources are read with ``importlib.resources`` from ``gpuzarr._kernels`` (the top
 ``cupy.RawModule``, memoised per (file, device); ``_get_*_kernel`` factories return the
 functions. Every ``launch_*`` function checks its tables (dtypes, lengths, bounds) in
 Python before anything is launched, since a bad offset in a kernel is a memory fault,
-not an exception. CuPy is imported lazily: importing this module never needs a GPU.
+not an exception. Kernels run on CuPy's current stream (the engine makes a caller's
+stream current for a whole batch). CuPy is imported lazily: importing this module
+never needs a GPU.
 """
 
 from __future__ import annotations
@@ -155,8 +157,6 @@ def launch_unshuffle(
     block_mode: np.ndarray,
     block_out_offset: np.ndarray,
     out: Any,
-    *,
-    stream: Any = None,
 ) -> None:
     """One launch of ``blosc_unshuffle_blocks`` over every block (see the kernel's header comment)."""
     _check_buffer("arena", arena)
@@ -193,11 +193,11 @@ def launch_unshuffle(
         s_off, first, nsplits, size, ts, mode, out_off, tile_start)
     kernel = _get_unshuffle_kernel()
     kernel((n_tiles,), (THREADS,), (arena, d_soff, d_first, d_ns, d_size, d_ts, d_mode, d_out, d_tiles,
-                                     np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES), out), stream=stream)
+                                     np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES), out))
 
 
-def launch_copy_segments(src: Any, src_offset: np.ndarray, dst: Any, dst_offset: np.ndarray, size: np.ndarray,
-                         *, stream: Any = None) -> None:
+def launch_copy_segments(src: Any, src_offset: np.ndarray, dst: Any, dst_offset: np.ndarray,
+                         size: np.ndarray) -> None:
     """One launch of ``copy_segments``."""
     _check_buffer("src", src)
     _check_buffer("dst", dst)
@@ -215,8 +215,7 @@ def launch_copy_segments(src: Any, src_offset: np.ndarray, dst: Any, dst_offset:
         return
     d_so, d_do, d_size, d_tiles = _device(so, do, size, tiles)
     _get_copy_segments_kernel()((n_tiles,), (THREADS,), (src, d_so, dst, d_do, d_size, d_tiles,
-                                                         np.int64(size.size), np.int64(COPY_TILE_BYTES)),
-                                stream=stream)
+                                                         np.int64(size.size), np.int64(COPY_TILE_BYTES)))
 
 
 def launch_gather(
@@ -235,7 +234,6 @@ def launch_gather(
     channel_axis: int | None = None,
     mean: np.ndarray | None = None,
     inv_std: np.ndarray | None = None,
-    stream: Any = None,
 ) -> None:
     """One launch of a gather kernel for every piece of ``plan`` into ``out`` (a flat device buffer).
 
@@ -285,8 +283,7 @@ def launch_gather(
         fill = np.zeros(16, dtype=np.uint8)
         fill[: src_dtype.itemsize] = np.frombuffer(np.asarray(fill_value, dtype=src_dtype).tobytes(), np.uint8)
         d_fill = cp.asarray(fill)
-        _get_gather_copy_kernel(src_dtype.itemsize)((n_tiles,), (THREADS,), (*common, d_fill, out_bytes),
-                                                    stream=stream)
+        _get_gather_copy_kernel(src_dtype.itemsize)((n_tiles,), (THREADS,), (*common, d_fill, out_bytes))
         return
     dst = np.dtype(convert_to)
     if dst not in FLOAT_OUTPUT_CODES or src_dtype not in DTYPE_CODES:
@@ -308,11 +305,10 @@ def launch_gather(
         (n_tiles,), (THREADS,),
         (*common, np.int32(DTYPE_CODES[src_dtype]), np.int32(src_dtype.itemsize), np.float64(fill_d),
          np.int32(FLOAT_OUTPUT_CODES[dst]), np.int32(normalise), np.int32(-1 if channel_axis is None else channel_axis),
-         d_mean, d_inv, out_bytes),
-        stream=stream)
+         d_mean, d_inv, out_bytes))
 
 
-def launch_crc32c(data: Any, offset: np.ndarray, size: np.ndarray, *, stream: Any = None) -> Any:
+def launch_crc32c(data: Any, offset: np.ndarray, size: np.ndarray) -> Any:
     """CRC-32C of every ``data[offset[k]:offset[k]+size[k]]``: two launches; returns a uint32 device array."""
     cp = _cupy()
     _check_buffer("data", data)
@@ -335,7 +331,6 @@ def launch_crc32c(data: Any, offset: np.ndarray, size: np.ndarray, *, stream: An
     seg_crc = cp.zeros(max(n_segs, 1), dtype=cp.uint32)
     if n_segs:
         _get_crc32c_segments_kernel()(((n_segs + THREADS - 1) // THREADS,), (THREADS,),
-                                      (data, d_off, d_len, np.int64(n_segs), seg_crc), stream=stream)
-    _get_crc32c_combine_kernel()((size.size,), (THREADS,), (seg_crc, d_len, d_start, np.int64(size.size), result),
-                                 stream=stream)
+                                      (data, d_off, d_len, np.int64(n_segs), seg_crc))
+    _get_crc32c_combine_kernel()((size.size,), (THREADS,), (seg_crc, d_len, d_start, np.int64(size.size), result))
     return result
