@@ -32,6 +32,7 @@ from gpuzarr.errors import (
 from gpuzarr.plan.planner import BatchPlan, plan_batch
 from gpuzarr.storage.reader import make_chunk_reader
 from gpuzarr.storage.select import make_fetcher
+from gpuzarr.threads import ForkLocal
 
 if TYPE_CHECKING:
     from gpuzarr.storage.prefetch import Prefetcher, StridePrefetcher
@@ -198,9 +199,9 @@ class ArrayHandle:
             raise ConfigurationError(f"{self.name}: readahead prefetches into the chunk cache; open the array with one, "
                              "e.g. cache=gpuzarr.PinnedLRUCache(1 << 30)")
         self.readahead = int(readahead)
-        # (pid, Prefetcher, StridePrefetcher, recent tickets): made on first read, per process
-        self._readahead_state: tuple[int, Prefetcher, StridePrefetcher, deque] | None = None
-        self._readahead_lock = threading.Lock()
+        # (Prefetcher, StridePrefetcher, recent tickets, lock): made on first read, once per process
+        self._readahead_state: ForkLocal[tuple[Prefetcher, StridePrefetcher, deque, threading.Lock]] = ForkLocal(
+            self._start_readahead, close=lambda state: state[0].close())
 
     # ------------------------------------------------------------ properties
     @property
@@ -291,17 +292,8 @@ class ArrayHandle:
         Waiting for the earlier tickets that hold this read's chunks means a chunk being
         prefetched is not fetched a second time by the read itself.
         """
-        from gpuzarr.storage.prefetch import StridePrefetcher
-
-        with self._readahead_lock:
-            state = self._readahead_state
-            if state is None or state[0] != os.getpid():
-                prefetcher = self.chunk_prefetcher(workers=self.readahead)
-                grid = tuple(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
-                detector = StridePrefetcher(prefetcher, grid, tuple, depth=self.readahead)
-                state = (os.getpid(), prefetcher, detector, deque(maxlen=self.readahead + 1))
-                self._readahead_state = state
-            _, _, detector, tickets = state
+        _, detector, tickets, lock = self._readahead_state.get()
+        with lock:
             ticket = detector.observe(chunk_coords)  # the detector keeps state: one read at a time
         wanted = {tuple(c) for c in chunk_coords.tolist()}
         for earlier in list(tickets):
@@ -310,12 +302,17 @@ class ArrayHandle:
         if ticket is not None:
             tickets.append(ticket)
 
+    def _start_readahead(self) -> tuple[Prefetcher, StridePrefetcher, deque, threading.Lock]:
+        from gpuzarr.storage.prefetch import StridePrefetcher
+
+        prefetcher = self.chunk_prefetcher(workers=self.readahead)
+        grid = tuple(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
+        detector = StridePrefetcher(prefetcher, grid, tuple, depth=self.readahead)
+        return prefetcher, detector, deque(maxlen=self.readahead + 1), threading.Lock()
+
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        with self._readahead_lock:
-            state, self._readahead_state = self._readahead_state, None
-        if state is not None and state[0] == os.getpid():
-            state[1].close()
+        self._readahead_state.reset()  # stops the prefetch threads this process started
         self.fetcher.close()
 
     def __enter__(self) -> Self:
