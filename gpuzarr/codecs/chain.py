@@ -23,6 +23,7 @@ from typing import Any
 import numcodecs
 import numpy as np
 
+from gpuzarr.codecs.blosc.format import HEADER_BYTES, read_header
 from gpuzarr.codecs.blosc.partial import decode_blocks_into
 from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
 
@@ -53,9 +54,10 @@ class BloscStep:
         they touch may be decoded; the rest of ``dest`` is then left stale.
         """
         view = memoryview(data).cast("B")
-        if len(view) < 16:
+        if len(view) < HEADER_BYTES:
             raise ValueError(f"blosc: {len(view)} bytes is shorter than the 16-byte header")
-        nbytes, cbytes, _ = numcodecs.blosc._cbuffer_sizes(view)
+        header = read_header(view)
+        nbytes, cbytes = int(header["nbytes"]), int(header["cbytes"])
         if cbytes != len(view):
             raise ValueError(f"blosc: header says {cbytes} compressed bytes but the chunk has {len(view)}")
         if nbytes != dest.nbytes:

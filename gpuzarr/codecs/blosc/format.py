@@ -65,6 +65,11 @@ MODE_SHUFFLE = 1
 MODE_BITSHUFFLE = 2
 
 
+def read_header(buf: object) -> np.void:
+    """The header record (:data:`HEADER_DTYPE`) of one chunk; ``buf`` holds at least 16 bytes."""
+    return np.frombuffer(buf, dtype=HEADER_DTYPE, count=1)[0]  # type: ignore[call-overload]
+
+
 def inner_format(flags: np.ndarray) -> np.ndarray:
     """The inner compressor (``FORMAT_*``) of each chunk, from the top three flag bits."""
     return (np.asarray(flags).astype(np.int64) >> 5) & 0x7

@@ -23,8 +23,8 @@ import numpy as np
 from gpuzarr.codecs.blosc.format import (
     FLAG_MEMCPYED,
     HEADER_BYTES,
-    HEADER_DTYPE,
     block_sizes,
+    read_header,
     read_i32,
     split_count,
     walk_streams,
@@ -116,7 +116,7 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any) -> bo
     if getitem is None:
         return False
     src = np.frombuffer(view, dtype=np.uint8)
-    head = src[:HEADER_BYTES].view(HEADER_DTYPE)[0]
+    head = read_header(src)
     flags, typesize = int(head["flags"]), int(head["typesize"])
     nbytes, blocksize, cbytes = int(head["nbytes"]), int(head["blocksize"]), int(head["cbytes"])
     if (flags & FLAG_MEMCPYED or typesize < 1 or blocksize <= 0 or nbytes <= 0
