@@ -97,7 +97,7 @@ def main() -> int:
 
         batch = blosc.parse_blosc_batch(encoded)
         n_streams = int(batch.stream_csize.size)
-        from gpuzarr.engines.device import resolve_engine
+        from gpuzarr.engines.base import resolve_engine
 
         engine = resolve_engine("cuda")
         times = []

@@ -104,7 +104,7 @@ class ExternalSource:
         self.device = device
         self.cuda_stream: Any = None
         if device == "gpu":
-            from gpuzarr.engines.device import resolve_device
+            from gpuzarr.engines.base import resolve_device
 
             try:
                 resolve_device("cuda")

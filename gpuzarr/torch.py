@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from gpuzarr.engines.device import resolve_device
+from gpuzarr.engines.base import resolve_device
 from gpuzarr.errors import DeviceUnavailableError
 from gpuzarr.loading.loader import Cut, EpochLoader
 from gpuzarr.loading.samplers import DistributedContext

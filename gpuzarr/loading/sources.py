@@ -155,7 +155,7 @@ class ArraySet:
                 out[name] = arr.read_plan(plan, **kwargs)
                 continue
             if engine_on_gpu is None:
-                from gpuzarr.engines.device import resolve_device
+                from gpuzarr.engines.base import resolve_device
 
                 engine_on_gpu = resolve_device(device) == "cuda"
             if transform is None or engine_on_gpu:
