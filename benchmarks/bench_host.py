@@ -283,7 +283,7 @@ def host_time(path: str, workload: Workload, rounds: int, seed: int) -> dict[str
             t0 = time.process_time()
             plan = handle.plan(regions)
             t1 = time.process_time()
-            encoded = handle.reader.read(plan.chunk_coords, deferred=engine.loads_deferred_reads)
+            encoded = handle.reader.read(plan.chunk_coords, deferred=engine.capabilities.loads_deferred_reads)
             engine.decode_and_assemble(plan, encoded, handle.chain, handle.fill_value,
                                        keys=lazy_keys(plan.chunk_coords), array_name=handle.name)
             t2 = time.process_time()
