@@ -103,9 +103,11 @@ def run(mutation: tuple[str, str, str, str, str], python: str) -> dict[str, obje
         subprocess.run(["git", "checkout", "--", rel], cwd=ROOT, check=True)
     failed = sorted(set(re.findall(r"^FAILED (\S+?)(?:\[.*?\])?(?: - |$)", proc.stdout, re.MULTILINE)))
     errors = sorted(set(re.findall(r"^ERROR (\S+)", proc.stdout, re.MULTILINE)))
-    if proc.returncode < 0 or "Fatal Python error" in proc.stderr:  # a crash: name the test from faulthandler
-        errors += [f"crash in {t}" for t in sorted(set(re.findall(r"line \d+ in (test_\w+)", proc.stderr)))]
-    return {"id": mid, "file": rel, "what": what, "caught": bool(failed or errors) and proc.returncode != 0,
+    crashed = proc.returncode < 0 or "Fatal Python error" in proc.stderr
+    if crashed:  # the process died (a wild write or a fault outside a fiber): name the frames of the tests
+        where = re.findall(r'File "[^"]*(tests/test_\w+\.py)", line \d+ in (\w+)', proc.stderr)
+        errors += [f"crash in {f}::{fn}" for f, fn in dict.fromkeys(where)] or ["crash"]
+    return {"id": mid, "file": rel, "what": what, "caught": crashed or (bool(failed or errors) and proc.returncode != 0),
             "failed": failed + errors, "seconds": round(time.perf_counter() - t0, 1),
             "tail": (proc.stdout + proc.stderr)[-1500:]}
 
