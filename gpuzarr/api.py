@@ -1,6 +1,6 @@
 """The public handles: :func:`open_array`, :func:`open_group` and :class:`ArrayHandle`.
 
-An :class:`ArrayHandle` wraps one Zarr 3 array for batched reads. It keeps only what
+An :class:`ArrayHandle` wraps one Zarr array (format 3 or 2) for batched reads. It keeps only what
 it needs to read (metadata, a fetcher chosen once, the decode chain), reads a whole
 batch with :meth:`ArrayHandle.read_batch` through the pipeline
 
@@ -178,8 +178,8 @@ class ArrayHandle:
         self.cache = cache
         self.disk_cache = disk_cache
         meta = zarr_array.metadata
-        if meta.zarr_format != 3:
-            raise UnsupportedCodecError(f"{self.name}: Zarr format {meta.zarr_format} is not supported (Zarr 3 only)")
+        if meta.zarr_format not in (2, 3):
+            raise UnsupportedCodecError(f"{self.name}: Zarr format {meta.zarr_format} is not supported (Zarr 2 and 3)")
         self.shape: tuple[int, ...] = tuple(int(s) for s in zarr_array.shape)
         if len(self.shape) == 0:
             raise UnsupportedCodecError(f"{self.name}: 0-dimensional arrays are not supported")
@@ -194,7 +194,12 @@ class ArrayHandle:
         )
         self.shards: tuple[int, ...] | None = self.reader.shard.shard_shape if self.reader.shard else None
         self.dtype: np.dtype = self.chain.dtype
-        self.fill_value = np.asarray(meta.fill_value, dtype=self.dtype)[()]
+        # a v2 fill_value of null reads as the data type's default (0, False, NaT), as in zarr-python
+        fill = meta.fill_value
+        if fill is None:
+            zdtype = meta.data_type if meta.zarr_format == 3 else meta.dtype
+            fill = zdtype.default_scalar()
+        self.fill_value = np.asarray(fill, dtype=self.dtype)[()]
         if readahead and cache is None:
             raise ConfigurationError(f"{self.name}: readahead prefetches into the chunk cache; open the array with one, "
                              "e.g. cache=gpuzarr.PinnedLRUCache(1 << 30)")
@@ -251,7 +256,7 @@ class ArrayHandle:
         """Execute a plan made by :meth:`plan` (lets a loader plan ahead and prefetch)."""
         if self.readahead:
             self._readahead(plan.chunk_coords)
-        engine = resolve_engine(device, strict=strict)
+        engine = resolve_engine(device, strict=strict, dtype=self.dtype)
         caps = engine.capabilities
         try:
             encoded = self.reader.read(plan.chunk_coords, deferred=caps.loads_deferred_reads,
@@ -385,7 +390,7 @@ class GroupHandle:
 
 def open_array(source: Any, *, path: str | None = None, cache: Any = None, disk_cache: Any = None,
                readahead: int = 0, **storage_options: Any) -> ArrayHandle:
-    """Open a Zarr 3 array for batched reads.
+    """Open a Zarr array (format 3 or 2) for batched reads.
 
     ``source`` is a local path, a URL (``s3://bucket/data.zarr``, ``https://...``) or an
     open ``zarr.Array``. ``storage_options`` go to the store (credentials,

@@ -421,6 +421,91 @@ def test_concurrent_batches_from_threads(emu: GpuEmulation, tmp_path: Path) -> N
         np.testing.assert_array_equal(results[i], np.stack([data[r] for r in rs]))
 
 
+# ----------------------------------------------------------------------------- Zarr v2 and other chains
+
+
+def _check_native(arr: zarr.Array, regions, **kwargs) -> None:
+    """Like :func:`_check`, for arrays zarr returns in a non-native byte order (v2 ``>i4``)."""
+    got = _read_gpu(arr, regions, **kwargs)
+    expected = np.stack([arr[r] for r in regions])
+    assert got.dtype == expected.dtype.newbyteorder("=") and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+V2_GPU_COMPRESSORS = {
+    "blosc-lz4-shuffle": numcodecs.Blosc(cname="lz4", shuffle=numcodecs.Blosc.SHUFFLE),
+    "blosc-zstd-bitshuffle": numcodecs.Blosc(cname="zstd", shuffle=numcodecs.Blosc.BITSHUFFLE),
+    "blosc-zlib-noshuffle": numcodecs.Blosc(cname="zlib", shuffle=numcodecs.Blosc.NOSHUFFLE),
+    "zstd": numcodecs.Zstd(level=3),
+    "gzip": numcodecs.GZip(level=5),
+    "none": None,
+}
+
+
+@pytest.mark.parametrize("compressor", list(V2_GPU_COMPRESSORS), ids=list(V2_GPU_COMPRESSORS))
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype,separator", [(">i4", "/"), ("<f8", "."), ("|u1", "/")])
+def test_zarr_v2_decodes_on_the_gpu(emu: GpuEmulation, tmp_path: Path, compressor: str, order: str, dtype: str,
+                                    separator: str) -> None:
+    """v2 chunks take the same GPU path as v3 ones (strict: no CPU fallback); F order is a transposed gather."""
+    rng = np.random.default_rng(21)
+    data = (rng.standard_normal((40, 30, 3)) * 100).astype(dtype)
+    arr = zarr.create_array(str(tmp_path / "v2"), shape=data.shape, chunks=(16, 12, 3), dtype=dtype, zarr_format=2,
+                            order=order, compressors=V2_GPU_COMPRESSORS[compressor], fill_value=0,
+                            chunk_key_encoding={"name": "v2", "separator": separator})
+    arr[:30] = data[:30]  # rows 32.. are never written: fill value
+    _check_native(arr, _regions(data.shape, (20, 15, 3), 8, rng), strict=True)
+    _check_native(arr, [(slice(0, 40), 4, slice(None))], strict=True)
+    if V2_GPU_COMPRESSORS[compressor] is not None:
+        assert emu.decode_calls, "the v2 chunks must reach nvCOMP"
+    if order == "F":
+        assert gpuzarr.open_array(arr).chain.array_steps, "order F is a transpose step"
+
+
+@pytest.mark.parametrize("filters,compressor", [
+    ([numcodecs.Delta(dtype="<i4")], numcodecs.Blosc()),
+    ([numcodecs.FixedScaleOffset(offset=5, scale=10, dtype="<f8", astype="<i4")], numcodecs.Zstd()),
+    (None, numcodecs.Zlib()),
+    (None, numcodecs.LZ4()),
+], ids=["delta", "fixedscaleoffset", "zlib", "lz4"])
+def test_zarr_v2_chains_without_a_gpu_path_fall_back(emu: GpuEmulation, tmp_path: Path, filters, compressor) -> None:
+    rng = np.random.default_rng(22)
+    dtype = filters[0].dtype if filters else np.dtype("int32")
+    data = (rng.integers(0, 1000, (30, 20)) / (10 if dtype.kind == "f" else 1)).astype(dtype)
+    arr = zarr.create_array(str(tmp_path / "v2f"), shape=data.shape, chunks=(8, 8), dtype=dtype, zarr_format=2,
+                            filters=filters, compressors=compressor, order="F")
+    arr[...] = data
+    with pytest.warns(CpuFallbackWarning):
+        _check_native(arr, _regions(data.shape, (10, 10), 6, rng), strict=False)
+    with pytest.raises(GpuFallbackError):
+        _read_gpu(arr, [(slice(0, 5), slice(0, 5))], strict=True)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"serializer": zarr.codecs.numcodecs.PCodec()},
+    {"filters": [zarr.codecs.numcodecs.AsType(encode_dtype="float32", decode_dtype="float64")]},
+    {"filters": [TransposeCodec(order=(1, 0)), zarr.codecs.numcodecs.BitRound(keepbits=52)]},
+], ids=["pcodec", "astype", "transpose+bitround"])
+def test_v3_codecs_without_a_gpu_path_fall_back(emu: GpuEmulation, tmp_path: Path, kwargs) -> None:
+    rng = np.random.default_rng(23)
+    data = rng.standard_normal((30, 20))
+    arr = _make(tmp_path, "x", data, (8, 8), **kwargs)
+    with pytest.warns(CpuFallbackWarning):
+        _check(arr, _regions(data.shape, (10, 10), 6, rng), strict=False)
+
+
+def test_datetime_arrays_read_on_the_cpu_under_auto(emu: GpuEmulation, tmp_path: Path) -> None:
+    """CuPy has no datetime64: ``auto`` reads such arrays on the CPU, ``cuda`` says why it cannot."""
+    data = np.arange(60, dtype="int64").reshape(10, 6).astype("M8[s]")
+    arr = _make(tmp_path, "t", data, (4, 4), fill_value=None)
+    handle = gpuzarr.open_array(arr)
+    got = handle.read_batch([(slice(1, 9), slice(0, 6))], device="auto")
+    assert isinstance(got, np.ndarray) and got.dtype == data.dtype
+    np.testing.assert_array_equal(got[0], data[1:9])
+    with pytest.raises(gpuzarr.errors.UnsupportedCodecError, match="datetime64"):
+        handle.read_batch([(slice(1, 9), slice(0, 6))], device="cuda")
+
+
 # ----------------------------------------------------------------------------- nvCOMP call layer
 
 

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
+
 from gpuzarr import _optional
-from gpuzarr.errors import ConfigurationError, DeviceUnavailableError
+from gpuzarr.errors import ConfigurationError, DeviceUnavailableError, UnsupportedCodecError
 
 if TYPE_CHECKING:
     from gpuzarr.codecs.chain import DecodeChain
@@ -93,12 +95,25 @@ class Engine(Protocol):
 _lock = threading.Lock()
 
 
-def resolve_device(device: str) -> Literal["cpu", "cuda"]:
-    """Turn a user's device request into the engine that will run it."""
+#: NumPy kinds CuPy has no arrays of: datetime64 and timedelta64 batches are always built on the CPU
+HOST_ONLY_KINDS = "mM"
+
+
+def resolve_device(device: str, dtype: Any = None) -> Literal["cpu", "cuda"]:
+    """Turn a user's device request (for an array of ``dtype``, if given) into the engine that will run it.
+
+    ``"auto"`` reads datetime64/timedelta64 arrays on the CPU (CuPy has no such arrays);
+    ``"cuda"`` for them is an :class:`UnsupportedCodecError` saying so.
+    """
     if device not in ("cpu", "cuda", "auto"):
         raise ConfigurationError(f"device must be 'cpu', 'cuda' or 'auto', not {device!r}")
     if device == "cpu":
         return "cpu"
+    if dtype is not None and np.dtype(dtype).kind in HOST_ONLY_KINDS:
+        if device == "auto":
+            return "cpu"
+        raise UnsupportedCodecError(f"device='cuda' cannot hold {np.dtype(dtype)} data (CuPy has no datetime64 or "
+                                    "timedelta64 arrays); read it with device='cpu' or 'auto'")
     gpu = _optional.gpu_engine()
     if device == "cuda":
         if not gpu:
@@ -121,9 +136,9 @@ def _gpu_engine(strict: bool) -> Engine:
     return GpuEngine(strict=strict)
 
 
-def resolve_engine(device: str, *, strict: bool = False) -> Engine:
-    """The engine for ``device`` (shared per process)."""
+def resolve_engine(device: str, *, strict: bool = False, dtype: Any = None) -> Engine:
+    """The engine for ``device`` and an array of ``dtype`` (shared per process)."""
     with _lock:
-        if resolve_device(device) == "cuda":
+        if resolve_device(device, dtype) == "cuda":
             return _gpu_engine(strict)
         return _cpu_engine()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from gpuzarr.codecs.chain import DecodeChain, build_decode_chain
+from gpuzarr.codecs.chain import DecodeChain, build_decode_chain, build_v2_decode_chain
 from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
 from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredReads, SuffixRange
 
@@ -411,10 +411,17 @@ def decode_layout(codecs: tuple[Any, ...], chunk_spec: Any, array_name: str) -> 
 def make_chunk_reader(
     fetcher: ChunkFetcher, metadata: Any, array_path: str, array_name: str, *, cache: Any = None
 ) -> tuple[ChunkReader, DecodeChain, tuple[int, ...]]:
-    """Reader, decode chain and read-grid chunk shape for a zarr v3 array (inner grid if sharded)."""
+    """Reader, decode chain and read-grid chunk shape for a Zarr array (v3: inner grid if sharded; or v2).
+
+    Zarr v2 arrays map onto the same chain (see :func:`build_v2_decode_chain`); their
+    chunk keys use the array's ``dimension_separator`` through zarr's own metadata.
+    """
     from zarr.core.array_spec import ArrayConfig, ArraySpec
     from zarr.core.buffer import default_buffer_prototype
 
+    if metadata.zarr_format == 2:
+        chain = build_v2_decode_chain(metadata, array_name)
+        return make_reader_for(fetcher, metadata, array_path, array_name, cache, None), chain, chain.chunk_shape
     grid = metadata.chunk_grid
     chunk_shape = getattr(grid, "chunk_shape", None)
     if chunk_shape is None:

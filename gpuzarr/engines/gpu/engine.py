@@ -36,7 +36,7 @@ import numpy as np
 
 from gpuzarr import _optional
 from gpuzarr.codecs import blosc
-from gpuzarr.codecs.chain import BloscStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
+from gpuzarr.codecs.chain import BloscStep, BytesStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
 from gpuzarr.engines.base import EngineCapabilities
 from gpuzarr.engines.gpu import kernels as K
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
@@ -134,8 +134,10 @@ class _GpuPlan:
                 break
             composite = composite[np.argsort(step.order)]
         self.transpose_order = [int(x) for x in np.argsort(composite)]
-        self.swap = (chain.bytes_step.endian is not None and chain.dtype.itemsize > 1
-                     and chain.bytes_step.endian != sys.byteorder)
+        if not isinstance(chain.bytes_step, BytesStep):  # pcodec, zfpy, ...: zarr's codec object on the CPU
+            self.reason = self.reason or f"array→bytes codec {chain.bytes_step.name} has no GPU path"
+        endian = getattr(chain.bytes_step, "endian", None)
+        self.swap = endian is not None and chain.dtype.itemsize > 1 and endian != sys.byteorder
         if self.swap and chain.dtype.kind == "c":
             self.reason = self.reason or "byte-swapped complex data has no GPU path"
 
