@@ -53,6 +53,7 @@ import numpy as np
 
 from gpuzarr.codecs.blosc.format import HEADER_BYTES, read_header
 from gpuzarr.codecs.blosc.partial import decode_blocks_into
+from gpuzarr.codecs.blosc.reference import zstd_content_size as _zstd_frame_size
 from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
 
 try:  # the crc32c package takes any buffer (no copy); zarr itself depends on google-crc32c
@@ -64,7 +65,6 @@ except ImportError:  # pragma: no cover
         return int(_google_crc32c_value(bytes(data)))
 
 
-_ZSTD_MAGIC = 0xFD2FB528
 #: data types a chain can produce: bool, integers, floats, complex, datetime64, timedelta64
 SUPPORTED_KINDS = "biufcmM"
 
@@ -86,21 +86,8 @@ def _u8(data: Any) -> memoryview:
 
 
 def zstd_content_size(frame: Any) -> int | None:
-    """Frame_Content_Size of a Zstd frame header, ``None`` when absent; raises ValueError if malformed."""
-    frame = _u8(frame)
-    if len(frame) < 5 or int.from_bytes(frame[:4], "little") != _ZSTD_MAGIC:
-        raise ValueError("not a Zstd frame")
-    fhd = frame[4]
-    fcs_flag, single = fhd >> 6, (fhd >> 5) & 1
-    dict_bytes = (0, 1, 2, 4)[fhd & 3]
-    fcs_bytes = (1 if single else 0, 2, 4, 8)[fcs_flag]
-    pos = 5 + (0 if single else 1) + dict_bytes
-    if fcs_bytes == 0:
-        return None
-    if len(frame) < pos + fcs_bytes:
-        raise ValueError("truncated Zstd frame header")
-    value = int.from_bytes(frame[pos:pos + fcs_bytes], "little")
-    return value + 256 if fcs_bytes == 2 else value
+    """Frame_Content_Size of a Zstd frame header (any buffer), ``None`` when absent; ValueError if malformed."""
+    return _zstd_frame_size(_u8(frame))
 
 
 def _too_much(name: str, cap: int) -> ValueError:
@@ -676,6 +663,8 @@ def build_decode_chain(codecs: tuple[Any, ...], chunk_spec: Any, array_name: str
     if i >= len(codecs) or not isinstance(codecs[i], ArrayBytesCodec):
         raise UnsupportedCodecError(f"{array_name}: codec list {codecs} has no array→bytes codec")
     ab = codecs[i]
+    if type(ab).__name__ == "V2Codec" and i == 0 and len(codecs) == 1:  # zarr's own pipeline view of a v2 array
+        return _v2_chain(ab.compressor, ab.filters, chunk_spec.dtype, chunk_shape, str(chunk_spec.order), array_name)
     stored_shape = tuple(int(s) for s in spec.shape)
     stored_dtype = np.dtype(spec.dtype.to_native_dtype())
     _check_dtype(stored_dtype, spec.dtype, array_name)
@@ -733,19 +722,23 @@ def build_v2_decode_chain(metadata: Any, array_name: str) -> DecodeChain:
     ``order="F"`` is a :class:`TransposeStep` reversing the axes, so the GPU engine
     folds it into its gather like a v3 ``transpose``.
     """
-    zdtype = metadata.dtype
+    return _v2_chain(metadata.compressor, metadata.filters, metadata.dtype,
+                     tuple(int(c) for c in metadata.chunks), str(getattr(metadata, "order", "C")), array_name)
+
+
+def _v2_chain(compressor: Any, filters: Any, zdtype: Any, chunk_shape: tuple[int, ...], order: str,
+              array_name: str) -> DecodeChain:
+    """The chain of zarr-python's ``V2Codec(filters, compressor)`` for chunks of ``zdtype`` in ``order``."""
     stored = np.dtype(zdtype.to_native_dtype())
     _check_dtype(stored, zdtype, array_name)
-    chunk_shape = tuple(int(c) for c in metadata.chunks)
     n_items = int(np.prod(chunk_shape, dtype=np.int64))
     made: list[tuple[Any, Any]] = []
-    if metadata.compressor is not None:
-        made.append(_numcodec_step(metadata.compressor))
-    for f in reversed(tuple(metadata.filters or ())):  # decode order: the last filter first
+    if compressor is not None:
+        made.append(_numcodec_step(compressor))
+    for f in reversed(tuple(filters or ())):  # decode order: the last filter first
         made.append(((lambda cap, exact, f=f: NumcodecStep(f, cap=cap, exact=exact)), _filter_input_cap(f, n_items)))
     final = n_items * stored.itemsize
     bytes_steps = _with_caps(made, final, True)
-    order = str(getattr(metadata, "order", "C"))
     ndim = len(chunk_shape)
     if order == "F" and ndim > 1:
         array_steps: tuple[Any, ...] = (TransposeStep(tuple(range(ndim - 1, -1, -1))),)
