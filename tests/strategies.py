@@ -5,8 +5,9 @@ property test can run hundreds of examples on two cores. The central pieces:
 
 * :func:`array_specs` — a complete description of a Zarr 3 array to create: dtype,
   shape, chunk shape (deliberately not dividing the shape), codec pipeline (Blosc with
-  every cname/shuffle, Zstd, Gzip, CRC32C, transpose, big/little-endian bytes,
-  sharding with the index at the start or the end), fill value (NaN for floats) and
+  every cname/shuffle, Zstd, Gzip, CRC32C, big/little-endian bytes, sharding with the
+  index at the start or the end; filter chains of transposes and value codecs, some
+  changing the stored dtype: :func:`filter_chains`), fill value (NaN for floats) and
   which boxes of the array get written (so some chunks are never written);
 * :func:`batches` — a batch of equal-shape regions for a shape, written the many
   ways NumPy allows (negative and ``None`` bounds, integers mixed with slices,
@@ -107,14 +108,63 @@ def compressor_chains() -> st.SearchStrategy[tuple[Any, ...]]:
     )
 
 
+def value_filters(dtype: str) -> list[st.SearchStrategy[tuple[Any, ...]]]:
+    """numcodecs array→array codecs (zarr's wrappers) valid for ``dtype``, some changing the stored type.
+
+    Each strategy draws a tuple of codecs in encode order: Delta (also with a wider
+    ``astype``), BitRound, FixedScaleOffset to an integer type (optionally followed by a
+    Delta of that type), AsType to a narrower float.
+    """
+    from zarr.codecs import numcodecs as znc
+
+    dt = np.dtype(dtype)
+    out: list[st.SearchStrategy[tuple[Any, ...]]] = []
+    if dt.kind in "iu":
+        out.append(st.just((znc.Delta(dtype=dt.str),)))
+        if dt.itemsize <= 4:  # a wider stored type (a narrower one overflows when zarr writes)
+            wider = np.dtype(f"{dt.kind}{dt.itemsize * 2}").str
+            out.append(st.just((znc.Delta(dtype=dt.str, astype=wider),)))
+    if dt.kind == "f" and dt.itemsize >= 4:
+        out.append(st.integers(1, 10).map(lambda k: (znc.BitRound(keepbits=k),)))
+        fso = st.builds(lambda off, scale, astype: znc.FixedScaleOffset(offset=off, scale=scale, dtype=dt.str,
+                                                                          astype=astype),
+                        st.sampled_from([0.0, 1.5, -100.0]), st.sampled_from([1, 10, 1000]),
+                        st.sampled_from(["<i4", "<u2", "<i8"]))
+        out.append(fso.map(lambda c: (c,)))
+        out.append(fso.map(lambda c: (c, znc.Delta(dtype=np.dtype(c.codec_config["astype"]).str))))
+        narrower = "<f4" if dt.itemsize == 8 else "<f2"
+        out.append(st.just((znc.AsType(encode_dtype=narrower, decode_dtype=dt.str),)))
+    return out
+
+
 @st.composite
-def codec_specs(draw: st.DrawFn, chunks: Sequence[int], *, allow_sharding: bool = True) -> CodecSpec:
-    """A codec pipeline for an array whose (inner) chunk shape is ``chunks``."""
+def filter_chains(draw: st.DrawFn, ndim: int, dtype: str | None = None) -> tuple[Any, ...]:
+    """Array→array codecs in encode order: up to two transposes, then (for ``dtype``) value codecs.
+
+    Transposes come first because zarr-python cannot write a transpose after a numcodecs
+    codec (those hand back flat arrays); decoding must then undo the value codecs on the
+    transposed shape and the transposes after them, tracking shape and dtype per step.
+    """
+    filters: list[Any] = []
+    if ndim > 1:
+        for _ in range(draw(st.integers(0, 2))):
+            filters.append(TransposeCodec(order=tuple(draw(st.permutations(range(ndim))))))
+    options = value_filters(dtype) if dtype is not None else []
+    if options and draw(st.integers(0, 2)) == 0:
+        filters.extend(draw(st.one_of(options)))
+    return tuple(filters)
+
+
+@st.composite
+def codec_specs(draw: st.DrawFn, chunks: Sequence[int], *, allow_sharding: bool = True,
+                dtype: str | None = None) -> CodecSpec:
+    """A codec pipeline for an array whose (inner) chunk shape is ``chunks``.
+
+    With ``dtype``, the filters may include value codecs (see :func:`filter_chains`), some of
+    which change the stored data type.
+    """
     ndim = len(chunks)
-    filters: tuple[Any, ...] = ()
-    if ndim > 1 and draw(st.booleans()):
-        order = tuple(draw(st.permutations(range(ndim))))
-        filters = (TransposeCodec(order=order),)
+    filters: tuple[Any, ...] = draw(filter_chains(ndim, dtype))
     endian = draw(st.sampled_from(("little", "big")))
     compressors = draw(compressor_chains())
     shards = None
@@ -202,7 +252,8 @@ def array_specs(
     """A random small Zarr 3 array description (see module docstring)."""
     dtype = draw(st.sampled_from(tuple(dtypes)))
     shape, chunks = draw(shapes_and_chunks(min_dims=min_dims, max_dims=max_dims))
-    codec_spec = draw(codecs if codecs is not None else codec_specs(chunks, allow_sharding=allow_sharding))
+    codec_spec = draw(codecs if codecs is not None else codec_specs(chunks, allow_sharding=allow_sharding,
+                                                                    dtype=dtype))
     fill = draw(fill_values(dtype))
     writes = draw(write_boxes(shape))
     seed = draw(st.integers(0, 2**32 - 1))
@@ -276,6 +327,91 @@ def create_zarr_array(spec: ArraySpec, store: Any) -> zarr.Array:
     for box in spec.writes:
         sel = tuple(slice(a, b) for a, b in box)
         arr[sel] = data[sel]
+    return arr
+
+
+# --------------------------------------------------------------------------- Zarr v2 arrays
+@dataclass(frozen=True)
+class V2Spec:
+    """A Zarr v2 array to create with zarr-python (``zarr_format=2``)."""
+
+    dtype: str  # with byte order, e.g. ">i4"
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    order: str
+    separator: str
+    compressor: Any
+    filters: tuple[Any, ...]
+    fill_value: Any
+    writes: tuple[tuple[tuple[int, int], ...], ...]
+    data_seed: int = 0
+
+
+V2_DTYPES: tuple[str, ...] = ("|b1", "|u1", "<i2", ">i2", "<u4", ">i4", "<i8", "<f2", "<f4", ">f4", "<f8", ">f8")
+
+
+def v2_compressors() -> st.SearchStrategy[Any]:
+    """numcodecs compressors as a v2 ``.zarray`` names them (None: uncompressed)."""
+    import numcodecs
+
+    blosc = st.builds(numcodecs.Blosc, cname=st.sampled_from(BLOSC_CNAMES), clevel=st.integers(1, 9),
+                      shuffle=st.sampled_from([numcodecs.Blosc.NOSHUFFLE, numcodecs.Blosc.SHUFFLE,
+                                               numcodecs.Blosc.BITSHUFFLE]))
+    return st.one_of(st.none(), blosc, st.builds(numcodecs.Zstd, level=st.integers(1, 5)),
+                     st.builds(numcodecs.Zlib, level=st.integers(1, 9)), st.builds(numcodecs.GZip, level=st.integers(1, 9)),
+                     st.just(numcodecs.LZ4()), st.just(numcodecs.BZ2(level=1)))
+
+
+def v2_filters(dtype: str) -> st.SearchStrategy[tuple[Any, ...]]:
+    """numcodecs v2 filters valid for ``dtype``: none, Delta, FixedScaleOffset to ints, AsType, Quantize, BitRound."""
+    import numcodecs
+
+    dt = np.dtype(dtype)
+    options: list[st.SearchStrategy[tuple[Any, ...]]] = [st.just(())]
+    if dt.kind in "iu":
+        options.append(st.just((numcodecs.Delta(dtype=dt.str),)))
+    if dt.kind == "f" and dt.itemsize >= 4:
+        fso = st.builds(lambda off, scale, astype: numcodecs.FixedScaleOffset(offset=off, scale=scale, dtype=dt.str,
+                                                                               astype=astype),
+                        st.sampled_from([0.0, 2.5]), st.sampled_from([1, 10, 100]), st.sampled_from(["<i4", "<u2"]))
+        options += [fso.map(lambda f: (f,)),
+                    fso.map(lambda f: (f, numcodecs.Delta(dtype=f.astype.str))),
+                    st.just((numcodecs.AsType(encode_dtype=dt.newbyteorder("<").str.replace("8", "4")
+                                              if dt.itemsize == 8 else "<f2", decode_dtype=dt.str),)),
+                    st.integers(1, 4).map(lambda d: (numcodecs.Quantize(digits=d, dtype=dt.str),))]
+        if dt.byteorder != ">":  # numcodecs' BitRound cannot write big-endian floats
+            options.append(st.integers(1, 10).map(lambda k: (numcodecs.BitRound(keepbits=k),)))
+    return st.one_of(options)
+
+
+@st.composite
+def v2_array_specs(draw: st.DrawFn, *, max_dims: int = 3) -> V2Spec:
+    """A random small Zarr v2 array: dtype with byte order, order C/F, either separator, compressor, filters."""
+    dtype = draw(st.sampled_from(V2_DTYPES))
+    shape, chunks = draw(shapes_and_chunks(max_dims=max_dims))
+    kind = np.dtype(dtype).kind
+    fill = draw(st.one_of(st.none(), fill_values(np.dtype(dtype).newbyteorder("=").name)))
+    if kind == "b" and fill is not None:
+        fill = bool(fill)
+    return V2Spec(dtype, shape, chunks, draw(st.sampled_from("CF")), draw(st.sampled_from("/.")),
+                  draw(v2_compressors()), draw(v2_filters(dtype)), fill, draw(write_boxes(shape)),
+                  draw(st.integers(0, 2**32 - 1)))
+
+
+def create_v2_array(spec: V2Spec, store: Any) -> zarr.Array:
+    """Create and partially fill the v2 array described by ``spec`` in ``store``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr's notes on v2 / numcodecs; cast warnings of lossy filters
+        arr = zarr.create_array(store, shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype, zarr_format=2,
+                                order=spec.order, compressors=spec.compressor, filters=list(spec.filters) or None,
+                                fill_value=spec.fill_value, overwrite=True,
+                                chunk_key_encoding={"name": "v2", "separator": spec.separator})
+        data = make_data(np.dtype(spec.dtype).newbyteorder("=").name, spec.shape, spec.data_seed)
+        for box in spec.writes:
+            sel = tuple(slice(a, b) for a, b in box)
+            arr[sel] = data[sel]
     return arr
 
 
