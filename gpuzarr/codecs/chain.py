@@ -195,8 +195,10 @@ class ZstdStep:
         elif self.exact:
             dest = np.empty(self.cap, dtype=np.uint8)
         else:  # no size in the header and no exact size known: a decoder with an output limit
-            import zstandard
-
+            try:
+                import zstandard
+            except ImportError:  # without the zstandard package: numcodecs' own (unbounded) streaming decode
+                return numcodecs.zstd.decompress(view)
             try:
                 return zstandard.ZstdDecompressor().decompress(view, max_output_size=self.cap)
             except zstandard.ZstdError as exc:
