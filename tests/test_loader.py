@@ -299,6 +299,33 @@ def test_break_leaves_no_loader_thread(prefetch: int) -> None:
     assert loader_threads() == []
 
 
+def test_an_iterator_finalized_on_its_own_reader_thread_does_not_hang() -> None:
+    """Garbage collection can finalize an abandoned iterator on any thread, its own reader's too.
+
+    Closing it there must not wait for the reader (itself): that waited forever, inside the
+    reader's pool submit, and so also hung every other thread submitting to a pool (seen in CI).
+    """
+    holder: dict[str, Any] = {}
+    closed = threading.Event()
+
+    class ClosingArray(FakeArray):
+        def read_batch(self, regions: Sequence[Any], device: str = "cpu", transform: Any = None) -> np.ndarray:
+            if self.calls == 2:
+                holder["iterator"].close()  # what a finalizer running on this thread does
+                closed.set()
+            return super().read_batch(regions, device, transform)
+
+    loader = gpuzarr.Loader(ClosingArray((100,)), gpuzarr.GridPatches((1,)), batch_size=1, prefetch_batches=1)
+    holder["iterator"] = iter(loader)
+    next(holder["iterator"])
+    assert closed.wait(30), "closing the iterator on its reader thread hung"
+    for _ in range(500):
+        if not loader_threads():
+            break
+        threading.Event().wait(0.01)
+    assert loader_threads() == []
+
+
 def test_closing_the_iterator_stops_a_producer_blocked_on_a_full_queue() -> None:
     array = FakeArray((500,))
     loader = gpuzarr.Loader(array, gpuzarr.GridPatches((1,)), batch_size=1, prefetch_batches=1)

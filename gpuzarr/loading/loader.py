@@ -31,6 +31,9 @@ from gpuzarr.loading.samplers import DistributedContext, GridPatches, RandomCrop
 from gpuzarr.loading.schedule import EpochShare, Schedule, batch_bounds, batches_per_epoch
 from gpuzarr.loading.sources import ArraySet
 
+# How long closing a prefetching iterator waits for its reader's batch in flight.
+CLOSE_WAIT_SECONDS = 10.0
+
 __all__ = ["DistributedContext", "EpochLoader", "GridPatches", "Loader", "RandomCrops"]
 
 
@@ -396,12 +399,18 @@ class Loader:
                 yield batch
         finally:
             stop.set()
-            while worker.is_alive():
-                try:
-                    results.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            worker.join()
+            # Wait for the reader to finish its batch in flight, but never on ourselves and never
+            # unboundedly: this block also runs when garbage collection finalizes an abandoned
+            # iterator, which can happen on the reader thread itself or inside another thread's
+            # pool submit (holding the lock the reader needs to submit). Past the bound the reader,
+            # a daemon that sees ``stop`` before its next batch, ends by itself.
+            if threading.current_thread() is not worker:
+                deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+                while worker.is_alive() and time.monotonic() < deadline:
+                    try:
+                        results.get(timeout=0.05)
+                    except queue.Empty:
+                        pass
 
 
 
