@@ -202,9 +202,15 @@ class _CodecClock:
             timed_getitem = self._timed(getitem)
             self._patch(blosc_native, "_getitem", lambda: timed_getitem)
         self._patch(chain, "_crc32c_value", self._timed(chain._crc32c_value))
-        for name in ("_ZSTD", "_GZIP"):
-            codec = getattr(chain, name)
-            self._patch(chain, name, type("Timed", (), {"decode": staticmethod(self._timed(codec.decode))})())
+        import numcodecs.zstd
+
+        self._patch(numcodecs.zstd, "decompress", self._timed(numcodecs.zstd.decompress))
+        if hasattr(chain, "_stream_decode"):  # gzip/zlib/bz2/lzma: capped streaming decoders
+            self._patch(chain, "_stream_decode", self._timed(chain._stream_decode))
+        for name in ("_ZSTD", "_GZIP"):  # an older tree (to measure "before")
+            codec = getattr(chain, name, None)
+            if codec is not None:
+                self._patch(chain, name, type("Timed", (), {"decode": staticmethod(self._timed(codec.decode))})())
         return self
 
     def __exit__(self, *exc: object) -> None:
