@@ -133,8 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _failed(result: dict[str, Any]) -> list[str]:
-    return [name for name, entry in result["readers"].items() if entry["status"] == "failed"]
+def _exit_status(result: dict[str, Any], command: str) -> int:
+    """1 (after naming them on stderr) when any reader returned wrong values or crashed, else 0."""
+    failed = [name for name, entry in result["readers"].items() if entry["status"] == "failed"]
+    if failed:
+        print(f"{command}: reader(s) returned wrong values or crashed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cache_factory(megabytes: int) -> Any:
@@ -169,11 +174,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         console.print("wrote " + ", ".join(files.values()))
         if "plots_skipped" in result:
             console.print(f"no plots: {result['plots_skipped']}")
-    failed = _failed(result)
-    if failed:
-        print(f"gpuzarr bench: reader(s) returned wrong values or crashed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(result, "gpuzarr bench")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -191,11 +192,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"dataset {result['dataset']['location']}: compression ratio "
                   f"{result['dataset']['compression_ratio']:.2f}x; results in {files['json']}")
     console.print("next: `gpuzarr bench --preset full` compares every reader; `gpuzarr info` shows what is usable.")
-    failed = _failed(result)
-    if failed:
-        print(f"gpuzarr demo: reader(s) returned wrong values or crashed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(result, "gpuzarr demo")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
