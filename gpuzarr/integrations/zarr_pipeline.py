@@ -171,26 +171,13 @@ class _Layout:
 
 
 def _compile(codecs: tuple[Any, ...], spec: Any) -> _Layout:
-    """The decode layout of chunks of ``spec`` under ``codecs``; UnsupportedCodecError says why not."""
-    from zarr.codecs.sharding import ShardingCodec
+    """The decode layout of chunks of ``spec`` under ``codecs``; UnsupportedCodecError says why not.
 
-    sharded = len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
-    _check_array_codecs(tuple(codecs[0].codecs) if sharded else codecs, spec)
+    Array→array codecs that change the data type or shape (``FixedScaleOffset`` with
+    ``astype``, ``AsType``, ``cast_value``, ``scale_offset``, ``PackBits``, ...) decode in
+    :class:`DecodeChain`, which tracks each step's dtype and shape.
+    """
     return _Layout(*decode_layout(codecs, spec, "array"))
-
-
-def _check_array_codecs(codecs: tuple[Any, ...], spec: Any) -> None:
-    """Refuse array→array codecs that change the data type (DecodeChain decodes in the array's dtype)."""
-    from zarr.abc.codec import ArrayArrayCodec
-
-    for codec in codecs:
-        if not isinstance(codec, ArrayArrayCodec):
-            return
-        resolved = codec.resolve_metadata(spec)
-        if resolved.dtype != spec.dtype:
-            raise UnsupportedCodecError(f"array→array codec {type(codec).__name__} changes the data type "
-                                        f"({spec.dtype} → {resolved.dtype})")
-        spec = resolved
 
 
 def _is_box(chunk_sel: Any, out_sel: Any, ndim: int, out_ndim: int) -> bool:
