@@ -2,11 +2,13 @@
 
 One batch of Blosc chunks (float32, zstd, bit shuffle, 1 KiB blocks: 20 480 compressed
 streams) goes through ``GpuEngine.decode_and_assemble`` with the device work made free:
-nvCOMP's decode reports the expected sizes without decoding, every kernel launch is a
-no-op after its argument checks, device allocations are not filled and host→device copies
-are skipped. What remains is what the engine does on the host per batch — Blosc header
-and block-table parsing and validation, arena layout, offset tables, nvCOMP batch
-construction, launcher validation — reported as host µs per chunk and per stream (median
+the emulated libnvcomp's ``DecompressAsync`` reports every entry decoded to its slot size
+without decoding, every kernel launch is a no-op after its argument checks, device
+allocations are not filled and host→device copies of chunk bytes are skipped (nvCOMP's
+pointer tables are still copied: the free decode reads them). What remains is what the
+engine does on the host per batch — packing the chunks into the pinned arena, Blosc header
+and block-table parsing and validation, arena layout, pointer/size tables, the nvCOMP
+calls, the result check, launcher validation — reported as host µs per chunk and per stream (median
 of ``--repeat`` runs). Prints a table and writes JSON (``--out``).
 
     python benchmarks/bench_gpu_host.py [--chunks 80] [--repeat 7] [--label after] [--out bench-gpu-host.json]
@@ -29,38 +31,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def _free_device(emu: object) -> None:
     """Make decode, kernels, fills and uploads free (see the module docstring)."""
+    import ctypes
+
     import gpu_emulation as ge
 
-    class _Batch:
-        def __init__(self, buffer: object, offsets: object, sizes: object, cuda_stream: int = 0) -> None:
-            self.buffer, self.sizes = buffer, np.asarray(sizes, dtype=np.int64)
-            self.offsets = np.asarray(offsets, dtype=np.int64)
-
-        def __len__(self) -> int:
-            return int(self.sizes.size)
-
-        @property
-        def buffer_sizes(self) -> np.ndarray:
-            return self.sizes
-
-    class _Codec:
-        def __init__(self, **kwargs: object) -> None:
-            self.algorithm = kwargs["algorithm"]
-
-        def get_required_decompression_alignment(self) -> int:
-            return ge.DECOMPRESSION_ALIGNMENT[str(self.algorithm)]
-
-        def decode(self, srcs: _Batch, out: _Batch, **kwargs: object) -> _Batch:
-            return out
+    def free_decompress(self: object, alg: str, in_ptrs: int, in_bytes: int, out_cap: int, out_actual: int, n: int,
+                        temp: int, temp_bytes: int, out_ptrs: int, opts: object, statuses: int, stream: int) -> int:
+        """Report every entry decoded to its slot's size, without decoding (reads the capacity table)."""
+        cap = np.ctypeslib.as_array((ctypes.c_uint64 * n).from_address(out_cap))
+        np.ctypeslib.as_array((ctypes.c_uint64 * n).from_address(out_actual))[:] = cap
+        np.ctypeslib.as_array((ctypes.c_int32 * n).from_address(statuses))[:] = 0
+        return 0
 
     import cupy
-    from nvidia import nvcomp
 
-    nvcomp.as_arrays = _Batch
-    nvcomp.Codec = _Codec
-    cupy.empty = lambda shape, dtype=float, order="C": ge.FakeDeviceArray(
-        np.empty(shape, dtype=dtype))
-    ge.FakeDeviceArray.set = lambda self, arr, stream=None: None
+    ge.FakeLibnvcomp._decompress = free_decompress
+    cupy.empty = lambda shape, dtype=float, order="C": ge.FakeDeviceArray(np.empty(shape, dtype=dtype))
+    real_set = ge.FakeDeviceArray.set
+
+    def set_tables_only(self: object, arr: np.ndarray, stream: object = None) -> None:
+        if arr.dtype == np.uint64:  # nvCOMP's pointer/size tables: the free decode reads them
+            real_set(self, arr, stream)
+
+    ge.FakeDeviceArray.set = set_tables_only
     ge.FakeKernel.__call__ = lambda self, grid, block, args, **kw: ge._check_launch(self.name, grid, block,
                                                                                      tuple(args))
 

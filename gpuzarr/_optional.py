@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -49,11 +50,21 @@ def cupy_device() -> Availability:
 
 @functools.cache
 def nvcomp() -> Availability:
-    """nvCOMP's Python module imports (``from nvidia import nvcomp``)."""
-    mod, why = _import("nvidia.nvcomp")
-    if mod is None:
-        return Availability(False, why + " (pip install nvidia-nvcomp-cu13)")
-    return Availability(True, "", getattr(mod, "__version__", None))
+    """nvCOMP's C library loads with its batched decompression API (5.x or 6.x; the engine calls it via ctypes)."""
+    from gpuzarr.engines.gpu import nvcomp as nvc
+
+    try:
+        lib = nvc.library()
+    except Exception as exc:  # noqa: BLE001 - OSError, NvcompUnavailableError: either way not usable
+        return Availability(False, f"{exc} (pip install nvidia-libnvcomp-cu13)")
+    version = None
+    for dist in ("nvidia-libnvcomp-cu13", "nvidia-libnvcomp-cu12"):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return Availability(True, "", version or f"{lib.api}.x")
 
 
 @functools.cache

@@ -22,4 +22,4 @@ printf 'gpuzarr[gpu,dali] @ file://%s\n' "$PWD" > "$work/req.in"
 resolved="$(grep -E '^(cupy|kvikio|nvidia-(nvcomp|libnvcomp|dali))' "$work/req.txt")"
 echo "'.[gpu,dali]' resolves:"
 echo "$resolved" | sed 's/^/  /'
-echo "$resolved" | grep -qE '^nvidia-nvcomp-cu13==(5\.3|6\.)' || { echo "unexpected nvCOMP version" >&2; exit 1; }
+echo "$resolved" | grep -qE '^nvidia-libnvcomp-cu13==(5\.3|6\.)' || { echo "unexpected nvCOMP version" >&2; exit 1; }

@@ -13,7 +13,7 @@ pkgs=(
   "zarr==$($PY -c 'import zarr; print(zarr.__version__)')"
   "numcodecs==$($PY -c 'import numcodecs; print(numcodecs.__version__)')"
   donfig crc32c google-crc32c lz4 typing-extensions packaging
-  nvidia-nvcomp-cu13 nvidia-libnvcomp-cu13 kvikio-cu13 libkvikio-cu13 rapids-logger msgspec zarrs
+  nvidia-libnvcomp-cu13 kvikio-cu13 libkvikio-cu13 rapids-logger msgspec zarrs
 )
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d .whl "${pkgs[@]}"

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import sys
 import threading
 import types
@@ -84,9 +83,6 @@ from gpuzarr.engines.gpu import mirrors as km
 UNINITIALISED_BYTE = 0xA5
 #: CuPy's memory pool hands out 256-byte aligned blocks
 DEVICE_ALLOCATION_ALIGN = 256
-#: alignment the emulated nvCOMP demands of every decode input and output address
-DECOMPRESSION_ALIGNMENT = {"LZ4": 4, "Zstd": 8, "Deflate": 8}
-_KNOWN_ALGORITHMS = ("LZ4", "Snappy", "GDeflate", "Deflate", "Bitcomp", "ANS", "Zstd", "Cascaded", "Gzip")
 DEVICE_COUNT = 1
 
 _IMPLICIT_CONVERSION = ("Implicit conversion to a NumPy array is not allowed. "
@@ -104,6 +100,7 @@ def _allocate(shape: Any, dtype: Any, fill: int | None) -> np.ndarray:
     raw = np.empty(nbytes + DEVICE_ALLOCATION_ALIGN, dtype=np.uint8)
     start = (-raw.ctypes.data) % DEVICE_ALLOCATION_ALIGN
     mem = raw[start:start + nbytes]
+    DEVICE_MEMORY.add(raw, raw.ctypes.data + start, nbytes)
     mem[...] = UNINITIALISED_BYTE if fill is None else fill
     return mem.view(dtype).reshape(shape)
 
@@ -164,14 +161,29 @@ class FakeDeviceArray:
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError(_IMPLICIT_CONVERSION)
 
-    def get(self, stream: Any = None, order: str = "C", out: Any = None) -> np.ndarray:
+    def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> np.ndarray:
+        """A device→host copy. ``blocking=False`` (CuPy ≥ 13, ``out`` given) queues the copy on the
+        stream: ``out`` is written only when that stream, or an event recorded after the copy, is
+        synchronised (reading it earlier sees what was there before), and ``out`` must be pinned
+        (an async copy into pageable memory is synchronous on a real device: refused here)."""
+        stream = get_current_stream() if stream is None else stream
+        if not blocking:
+            if out is None or not isinstance(out, np.ndarray):
+                raise ValueError("get(blocking=False) needs out= (a host array)")
+            if not is_pinned(out):
+                raise ValueError("GPU emulation: get(blocking=False) into pageable memory (not async on a device)")
+            if out.shape != self._a.shape or out.dtype != self._a.dtype:
+                raise ValueError(f"get: out is {out.dtype} {out.shape}, the array {self.dtype} {self.shape}")
+            stream._queue_host_write(out, self._a.copy())
+            return out
+        stream._flush()  # a blocking copy waits for everything queued on the stream before it
         if out is not None:
             out[...] = self._a
             return out
         return np.array(self._a, order=order, copy=True)
 
     def set(self, arr: Any, stream: Any = None) -> None:
-        # cupy/_core/core.pyx ndarray.set
+        # cupy/_core/core.pyx ndarray.set: with a stream the copy is asynchronous (truly so only from pinned memory)
         if not isinstance(arr, np.ndarray):
             raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
         if self.dtype != arr.dtype:
@@ -180,6 +192,9 @@ class FakeDeviceArray:
             raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
         if not (self._a.flags.c_contiguous or self._a.flags.f_contiguous):
             raise RuntimeError("Cannot set to non-contiguous array")
+        if UPLOAD_LOG.hook is not None:
+            kind = ("async" if stream is not None else "sync") + (" pinned" if is_pinned(arr) else " pageable")
+            UPLOAD_LOG.hook((kind, int(arr.nbytes), getattr(stream, "ptr", None)))
         self._a[...] = arr
 
     def item(self) -> Any:
@@ -260,8 +275,22 @@ def _install_operators() -> None:
 _install_operators()
 
 
+class _UploadLog:
+    """Where :meth:`FakeDeviceArray.set` reports each host→device copy (set by :func:`install`)."""
+
+    hook: Callable[[tuple[str, int, int | None]], None] | None = None
+
+
+UPLOAD_LOG = _UploadLog()
+
+
 class FakeStream:
-    """``cupy.cuda.Stream``: a pointer and ``synchronize()`` (everything is synchronous here)."""
+    """``cupy.cuda.Stream``: a pointer, ``synchronize()``, and the asynchronous device→host copies queued on it.
+
+    Kernels, decodes and uploads run at once (in stream order by construction); only async
+    copies into host memory are held back until the stream, or an event recorded after
+    them, is synchronised, so host code that reads results before waiting sees stale bytes.
+    """
 
     _next_ptr = 0x7000
 
@@ -273,9 +302,21 @@ class FakeStream:
             self.ptr = FakeStream._next_ptr
         self.synchronize_calls = 0
         self._previous: list[FakeStream] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._done = 0  # pending entries before this index have landed
+
+    def _queue_host_write(self, dst: np.ndarray, data: np.ndarray) -> None:
+        self._pending.append((dst, data))
+
+    def _flush(self, upto: int | None = None) -> None:
+        upto = len(self._pending) if upto is None else upto
+        for dst, data in self._pending[self._done:upto]:
+            dst[...] = data
+        self._done = max(self._done, upto)
 
     def synchronize(self) -> None:
         self.synchronize_calls += 1
+        self._flush()
 
     def use(self) -> FakeStream:
         _stream_state.current = self
@@ -288,6 +329,39 @@ class FakeStream:
 
     def __exit__(self, *exc: object) -> None:
         _stream_state.current = self._previous.pop()
+
+
+class FakeEvent:
+    """``cupy.cuda.Event``: ``record(stream)`` marks the stream's queue; ``synchronize()`` lands what came before."""
+
+    #: set by :func:`install`: records every event synchronisation (the engine's one wait per batch)
+    on_synchronize: Callable[[FakeEvent], None] | None = None
+
+    def __init__(self, block: bool = False, disable_timing: bool = False, interprocess: bool = False) -> None:
+        self._stream: FakeStream | None = None
+        self._mark = 0
+
+    def record(self, stream: Any = None) -> None:
+        self._stream = get_current_stream() if stream is None else stream
+        self._mark = len(self._stream._pending)
+
+    def synchronize(self) -> None:
+        if FakeEvent.on_synchronize is not None:
+            FakeEvent.on_synchronize(self)
+        if self._stream is not None:
+            self._stream._flush(self._mark)
+
+    @property
+    def done(self) -> bool:
+        return self._stream is None or self._stream._done >= self._mark
+
+
+class FakeExternalStream(FakeStream):
+    """``cupy.cuda.ExternalStream(ptr)``: a stream the caller owns, made current by ``with``."""
+
+    def __init__(self, ptr: int, device_id: int = -1) -> None:
+        super().__init__()
+        self.ptr = int(ptr)
 
 
 _stream_state = threading.local()
@@ -340,6 +414,17 @@ def _asnumpy(obj: Any, stream: Any = None) -> np.ndarray:
     return obj.get() if isinstance(obj, FakeDeviceArray) else np.asarray(obj)
 
 
+def _empty_pinned(shape: Any, dtype: Any = float, order: str = "C") -> np.ndarray:
+    """``cupyx.empty_pinned``: host memory registered as page-locked (see :func:`is_pinned`)."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(max(nbytes, 1), dtype=np.uint8)
+    raw[...] = UNINITIALISED_BYTE  # page-locked memory comes back dirty from CuPy's pool
+    PINNED_MEMORY.add(raw, raw.ctypes.data, raw.nbytes)
+    return raw[:nbytes].view(dtype).reshape(shape)
+
+
 def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
     """The fake ``cupy`` module (with ``cupy.cuda``) and a fake ``cupyx`` (``empty_pinned``)."""
     cp = types.ModuleType("cupy")
@@ -369,6 +454,8 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
     cuda = types.ModuleType("cupy.cuda")
     cuda.get_current_stream = get_current_stream
     cuda.Stream = FakeStream
+    cuda.ExternalStream = FakeExternalStream
+    cuda.Event = FakeEvent
     cuda.Device = FakeDevice
     runtime = types.ModuleType("cupy.cuda.runtime")
     runtime.getDeviceCount = lambda: DEVICE_COUNT
@@ -383,82 +470,34 @@ def make_fake_cupy() -> tuple[types.ModuleType, types.ModuleType]:
     cp.cuda = cuda
 
     cupyx = types.ModuleType("cupyx")
-    cupyx.empty_pinned = lambda shape, dtype=float: np.empty(shape, dtype=dtype)
+    cupyx.empty_pinned = _empty_pinned
     return cp, cupyx
 
 
-# ============================================================================ fake nvCOMP
+# ============================================================================ fake nvCOMP (the batched C API)
 
 
-class FakeBitstreamKind:
-    NVCOMP_NATIVE = "NVCOMP_NATIVE"
-    RAW = "RAW"
-    WITH_UNCOMPRESSED_SIZE = "WITH_UNCOMPRESSED_SIZE"
-
-
-class FakeBatchArray:
-    """``nvcomp.BatchArray`` carved from one buffer by an offset table."""
-
-    def __init__(self, buffer: FakeDeviceArray, offsets: list[int], sizes: list[int], cuda_stream: int) -> None:
-        self.buffer = buffer
-        self.offsets = offsets
-        self.sizes = sizes
-        self.cuda_stream = cuda_stream
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    @property
-    def buffer_sizes(self) -> list[int]:
-        return list(self.sizes)
-
-    def address(self, k: int) -> int:
-        return self.buffer.data.ptr + self.offsets[k]
-
-    def entry(self, k: int) -> np.ndarray:
-        return self.buffer._a[self.offsets[k]: self.offsets[k] + self.sizes[k]]
-
-
-def _int_list(name: str, values: Any) -> list[int]:
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise TypeError(f"as_arrays: {name} must be a list of ints, not {type(values).__name__}")
-    out = []
-    for v in values:
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise TypeError(f"as_arrays: {name} holds {type(v).__name__}, not int")
-        out.append(int(v))
-    return out
-
-
-def fake_as_arrays(buffer: Any, offsets: Any = None, sizes: Any = None, cuda_stream: int = 0) -> FakeBatchArray:
-    """``nvcomp.as_arrays(buffer, offsets, sizes, cuda_stream=)`` (the offset-table overload only)."""
-    if offsets is None or sizes is None:
-        raise NotImplementedError("GPU emulation: only as_arrays(buffer, offsets, sizes) is emulated")
-    if not isinstance(buffer, FakeDeviceArray):
-        raise TypeError(f"as_arrays: the engine must hand nvCOMP device memory, got {type(buffer).__name__}")
-    if buffer.dtype != np.uint8 or buffer.ndim != 1 or not buffer.flags.c_contiguous:
-        raise ValueError(f"as_arrays: buffer must be a contiguous 1-D uint8 array (offsets/sizes are bytes), "
-                         f"got {buffer.dtype} shape {buffer.shape}")
-    if not isinstance(cuda_stream, int):
-        raise TypeError(f"as_arrays: cuda_stream must be an int, not {type(cuda_stream).__name__}")
-    offs, szs = _int_list("offsets", offsets), _int_list("sizes", sizes)
-    if len(offs) != len(szs):
-        raise ValueError(f"as_arrays: {len(offs)} offsets but {len(szs)} sizes")
-    for k, (o, s) in enumerate(zip(offs, szs, strict=True)):
-        if o < 0 or s < 0 or o + s > buffer.nbytes:
-            raise ValueError(f"as_arrays: entry {k} [{o}, {o + s}) lies outside the {buffer.nbytes}-byte buffer")
-    return FakeBatchArray(buffer, offs, szs, cuda_stream)
+#: alignment the emulated libnvcomp reports (and demands) for decompression inputs and outputs; the real
+#: 5.3 / 6.0 libraries report input 1 / 1 / 4 and output 1 for LZ4 / Zstd / Deflate (stricter here, so the
+#: engine's repacking runs in CI; ``tests/contract`` checks the real values are no stricter than these)
+DECOMPRESSION_ALIGNMENT = {"LZ4": 4, "Zstd": 8, "Deflate": 8}
+#: temp-memory alignment (the real libraries: Zstd 8, LZ4 and Deflate 1)
+TEMP_ALIGNMENT = {"LZ4": 1, "Zstd": 8, "Deflate": 1}
+NVCOMP_SUCCESS, NVCOMP_INVALID_VALUE, NVCOMP_CANNOT_DECOMPRESS = 0, 10, 12
 
 
 @dataclass
 class DecodeCall:
-    """One emulated ``Codec.decode``: algorithm, entry count, input sizes, decoded sizes (None if it raised)."""
+    """One emulated ``nvcompBatched<A>DecompressAsync``: what it was given and what it reported."""
 
     algorithm: str
     n: int
     input_sizes: list[int]
     decoded_sizes: list[int] | None = None
+    statuses: list[int] | None = None
     error: str | None = None
+    temp_bytes: int = 0
+    stream: int = 0
 
 
 def _decode_lz4(data: bytes, capacity: int) -> bytes:
@@ -515,95 +554,286 @@ _DECODERS: dict[str, Callable[[bytes, int], bytes]] = {"LZ4": _decode_lz4, "Zstd
                                                       "Deflate": _decode_deflate}
 
 
-class FakeCodec:
-    """``nvcomp.Codec`` for RAW decoding of LZ4 / Zstd / Deflate batches (see the module docstring)."""
+@functools.cache
+def _real_libnvcomp() -> Any:
+    """The installed libnvcomp (5.x or 6.x; its host-only functions run without a GPU), or None."""
+    from gpuzarr.engines.gpu import nvcomp as nvc
 
-    def __init__(self, emulation: GpuEmulation, **kwargs: Any) -> None:
-        allowed = {"algorithm", "device_id", "cuda_stream", "uncomp_chunk_size", "bitstream_kind",
-                   "execution_policy", "checksum_policy", "decompress_backend", "use_de_sort", "data_type",
-                   "bitshuffle_mode", "algorithm_type"}
-        unknown = set(kwargs) - allowed
-        if unknown:
-            raise TypeError(f"Codec: unexpected keyword arguments {sorted(unknown)}")
-        algorithm = kwargs.get("algorithm")
-        if algorithm not in _KNOWN_ALGORITHMS:
-            raise RuntimeError(f"Codec: unknown algorithm {algorithm!r}")
-        if algorithm not in _DECODERS:
-            raise NotImplementedError(f"GPU emulation: no CPU decoder for nvCOMP {algorithm}")
-        if kwargs.get("bitstream_kind") != FakeBitstreamKind.RAW:
-            raise NotImplementedError("GPU emulation: only BitstreamKind.RAW is emulated "
-                                      f"(got {kwargs.get('bitstream_kind')!r})")
-        device_id = kwargs.get("device_id", 0)
-        if not isinstance(device_id, int) or not 0 <= device_id < DEVICE_COUNT:
-            raise RuntimeError(f"Codec: invalid device_id {device_id!r}")
-        stream = kwargs.get("cuda_stream", 0)
-        if not isinstance(stream, int):
-            raise TypeError(f"Codec: cuda_stream must be an int, not {type(stream).__name__}")
-        self.algorithm = algorithm
-        self.device_id = device_id
-        self.cuda_stream = stream
-        self._emulation = emulation
+    try:
+        return nvc.NvcompLibrary(*_load_real_cdll())
+    except (OSError, nvc.NvcompUnavailableError):
+        return None
 
-    def get_required_decompression_alignment(self) -> int:
-        return DECOMPRESSION_ALIGNMENT[self.algorithm]
 
-    def decode(self, srcs: Any, data_type: str = "", out: Any = None, decompression_config: Any = None) -> Any:
-        if not isinstance(srcs, FakeBatchArray):
-            raise TypeError(f"Codec.decode: srcs must be a BatchArray, not {type(srcs).__name__}")
-        if not isinstance(out, FakeBatchArray):
-            raise NotImplementedError("GPU emulation: decode needs out= (a BatchArray over preallocated memory)")
-        if len(out) != len(srcs):
-            raise ValueError(f"Codec.decode: {len(srcs)} inputs but {len(out)} outputs")
-        align = self.get_required_decompression_alignment()
-        for name, batch in (("input", srcs), ("output", out)):
-            for k in range(len(batch)):
-                if batch.address(k) % align:
-                    raise ValueError(f"Codec.decode ({self.algorithm}): {name} {k} at offset {batch.offsets[k]} "
-                                     f"is not {align}-byte aligned")
-        self._check_no_overlap(srcs, out)
-        call = DecodeCall(self.algorithm, len(srcs), list(srcs.sizes))
-        self._emulation.decode_calls.append(call)
-        decoder = _DECODERS[self.algorithm]
+def _load_real_cdll() -> tuple[Any, str]:
+    import ctypes
+
+    from gpuzarr.engines.gpu import nvcomp as nvc
+
+    for path in nvc._candidates():
         try:
-            decoded = [decoder(srcs.entry(k).tobytes(), out.sizes[k]) for k in range(len(srcs))]
-        except (RuntimeError, ValueError) as exc:
-            call.error = f"{type(exc).__name__}: {exc}"
-            for k in range(len(out)):  # what a failed batch leaves behind is undefined
-                out.entry(k)[...] = UNINITIALISED_BYTE
-            raise
-        for k, data in enumerate(decoded):
-            out.entry(k)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-        call.decoded_sizes = [len(d) for d in decoded]
-        return FakeBatchArray(out.buffer, out.offsets, call.decoded_sizes, out.cuda_stream)
+            return ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL), path
+        except OSError:
+            continue
+    raise OSError("no libnvcomp")
 
-    @staticmethod
-    def _check_no_overlap(srcs: FakeBatchArray, out: FakeBatchArray) -> None:
-        """Outputs must not overlap each other or any input (a data race on a GPU)."""
-        spans = sorted((out.address(k), out.address(k) + out.sizes[k], k) for k in range(len(out)) if out.sizes[k])
-        for (_, hi_a, a), (lo_b, _, b) in itertools.pairwise(spans):
-            if lo_b < hi_a:
-                raise ValueError(f"Codec.decode: outputs {a} and {b} overlap")
-        if not spans:
-            return
-        starts = np.array([s[0] for s in spans], dtype=np.int64)
-        ends = np.array([s[1] for s in spans], dtype=np.int64)
-        for k in range(len(srcs)):
-            lo, hi = srcs.address(k), srcs.address(k) + srcs.sizes[k]
-            if hi == lo:
+
+def model_temp_bytes(algorithm: str, n: int, max_chunk: int, total: int) -> int:
+    """Temp memory of a decode: the real library's answer when it loads here, else a model of it.
+
+    (Measured with the real 5.3 and 6.0 libraries: LZ4 and Deflate need none; Zstd about 3.1 x the
+    largest chunk per entry, e.g. 203 544 bytes per 64 KiB entry.)
+    """
+    real = _real_libnvcomp()
+    if real is not None:
+        return real.temp_bytes(algorithm, n, max_chunk, total)
+    return 0 if algorithm != "Zstd" else n * (3 * max(max_chunk, 1) + 6936)
+
+
+class _Registry:
+    """Address ranges of live emulated allocations (device or pinned host), for pointer checks."""
+
+    def __init__(self) -> None:
+        self._ranges: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, owner: np.ndarray, start: int, nbytes: int) -> None:
+        import weakref
+
+        with self._lock:
+            self._ranges[start] = start + nbytes
+        weakref.finalize(owner, self._remove, start)
+
+    def _remove(self, start: int) -> None:
+        with self._lock:
+            self._ranges.pop(start, None)
+
+    def contains(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per entry: does ``[lo, hi)`` lie inside one live allocation?"""
+        with self._lock:
+            items = sorted(self._ranges.items())
+        if not items:
+            return np.zeros(len(lo), dtype=bool)
+        starts = np.array([a for a, _ in items], dtype=np.uint64)
+        ends = np.array([b for _, b in items], dtype=np.uint64)
+        k = np.searchsorted(starts, lo.astype(np.uint64), side="right") - 1
+        ok = k >= 0
+        kk = np.where(ok, k, 0)
+        return ok & (lo.astype(np.uint64) >= starts[kk]) & (hi.astype(np.uint64) <= ends[kk])
+
+
+DEVICE_MEMORY = _Registry()
+PINNED_MEMORY = _Registry()
+
+
+def is_pinned(arr: Any) -> bool:
+    """Whether host array ``arr`` lies in emulated page-locked memory (``cupyx.empty_pinned``)."""
+    if not isinstance(arr, np.ndarray) or arr.nbytes == 0:
+        return isinstance(arr, np.ndarray)
+    lo = np.array([arr.__array_interface__["data"][0]], dtype=np.uint64)
+    return bool(PINNED_MEMORY.contains(lo, lo + np.uint64(arr.nbytes))[0])
+
+
+class _FakeCFunction:
+    """One exported function of the fake libnvcomp: ctypes' argument conversion checked, then the model runs."""
+
+    def __init__(self, name: str, impl: Callable[..., int]) -> None:
+        self.__name__ = name
+        self._impl = impl
+        self.argtypes: list[Any] | None = None
+        self.restype: Any = None
+
+    def __call__(self, *args: Any) -> int:
+        import ctypes
+
+        if self.argtypes is None or len(args) != len(self.argtypes):
+            raise TypeError(f"{self.__name__}: argtypes not declared, or {len(args)} arguments for "
+                            f"{None if self.argtypes is None else len(self.argtypes)}")
+        converted = []
+        for i, (arg, ctype) in enumerate(zip(args, self.argtypes, strict=True)):
+            if ctype is ctypes.c_void_p:
+                if arg is not None and not (isinstance(arg, int) and arg >= 0):
+                    raise ctypes.ArgumentError(f"{self.__name__} argument {i + 1}: a pointer must be an int or None")
+                converted.append(arg or 0)
+            elif ctype is ctypes.c_size_t:
+                if not isinstance(arg, (int, np.integer)) or isinstance(arg, bool) or arg < 0:
+                    raise ctypes.ArgumentError(f"{self.__name__} argument {i + 1}: size_t wants a non-negative int, "
+                                               f"got {arg!r}")
+                converted.append(int(arg))
+            elif isinstance(ctype, type) and issubclass(ctype, ctypes.Structure):
+                if type(arg) is not ctype:
+                    raise ctypes.ArgumentError(f"{self.__name__} argument {i + 1}: expected {ctype.__name__} by value")
+                converted.append(arg)
+            else:  # POINTER(T): ctypes.byref(T instance)
+                obj = getattr(arg, "_obj", None)
+                if obj is None or type(obj) is not ctype._type_:
+                    raise ctypes.ArgumentError(f"{self.__name__} argument {i + 1}: expected byref({ctype._type_})")
+                converted.append(obj)
+        return self._impl(*converted)
+
+
+class FakeLibnvcomp:
+    """A model of ``libnvcomp.so`` 5.x (``api=5``) or 6.x (``api=6``): the batched LZ4/Zstd/Deflate decompression.
+
+    Differences of the two modelled: the temp-size query is ``...DecompressGetTempSizeAsync(n, max,
+    opts, *temp, total)`` in 5.x and ``...DecompressGetTempSize(n, max, opts, *temp, total, stream)``
+    in 6.x (only the one of the modelled version exists), and 6.x rejects a NULL ``device_statuses``
+    (5.x allows it). ``DecompressAsync`` reads its pointer and size tables from emulated device
+    memory (each table and each entry must lie inside one live device allocation, entries aligned
+    to :data:`DECOMPRESSION_ALIGNMENT`, outputs disjoint from each other and from every input, the
+    temp buffer large enough and aligned), decodes each entry with a CPU decoder and writes each
+    status and decoded size to device memory. An undecodable entry or one whose output slot is
+    too small gets ``nvcompErrorCannotDecompress`` (the header's documented behaviour for a too-small
+    slot; for corrupt input the real decoders promise nothing) with decoded size 0 and its slot
+    filled with :data:`UNINITIALISED_BYTE`; with ``silent_corruption=True`` a corrupt entry instead
+    reports success and the length of whatever prefix decoded (the documented worst case: "Passing
+    corrupt ... data leads to undefined behavior"; the engine's size check must catch it).
+    """
+
+    def __init__(self, emulation: GpuEmulation, api: int) -> None:
+        import ctypes
+
+        from gpuzarr.engines.gpu import nvcomp as nvc
+
+        if api not in (5, 6):
+            raise ValueError(f"api must be 5 or 6, not {api}")
+        self.api = api
+        self._emu = emulation
+        self.silent_corruption = False
+        self._c = ctypes
+        self._nvc = nvc
+        for alg in ("LZ4", "Zstd", "Deflate"):
+            temp_name = f"nvcompBatched{alg}DecompressGetTempSize" + ("" if api == 6 else "Async")
+            setattr(self, temp_name, _FakeCFunction(temp_name, functools.partial(self._temp_size, alg)))
+            name = f"nvcompBatched{alg}DecompressAsync"
+            # looked up at call time, so a benchmark may replace FakeLibnvcomp._decompress
+            setattr(self, name, _FakeCFunction(name, lambda *args, _alg=alg: self._decompress(_alg, *args)))
+            name = f"nvcompBatched{alg}DecompressGetRequiredAlignments"
+            setattr(self, name, _FakeCFunction(name, functools.partial(self._alignments, alg)))
+
+    def _alignments(self, alg: str, opts: Any, out: Any) -> int:
+        if not _default_opts(opts):
+            return NVCOMP_INVALID_VALUE
+        out.input = out.output = DECOMPRESSION_ALIGNMENT[alg]
+        out.temp = TEMP_ALIGNMENT[alg]
+        return NVCOMP_SUCCESS
+
+    def _temp_size(self, alg: str, n: int, max_chunk: int, opts: Any, out: Any, total: int, *stream: int) -> int:
+        if (self.api == 6) != bool(stream) and not (self.api == 6 and len(stream) == 1):
+            return NVCOMP_INVALID_VALUE
+        out.value = model_temp_bytes(alg, n, max_chunk, total)
+        return NVCOMP_SUCCESS
+
+    def _table(self, addr: int, n: int, dtype: Any, what: str) -> np.ndarray:
+        nbytes = n * np.dtype(dtype).itemsize
+        lo = np.array([addr], dtype=np.uint64)
+        if addr % np.dtype(dtype).itemsize or not DEVICE_MEMORY.contains(lo, lo + np.uint64(nbytes))[0]:
+            raise _LaunchRefused(f"{what} table at 0x{addr:x} ({nbytes} bytes) is not inside device memory")
+        return np.ctypeslib.as_array((self._c.c_uint8 * nbytes).from_address(addr)).view(dtype)
+
+    def _entry(self, addr: int, size: int) -> np.ndarray:
+        return np.ctypeslib.as_array((self._c.c_uint8 * max(size, 1)).from_address(addr))[:size]
+
+    def _decompress(self, alg: str, in_ptrs: int, in_bytes: int, out_cap: int, out_actual: int, n: int, temp: int,
+                    temp_bytes: int, out_ptrs: int, opts: Any, statuses: int, stream: int) -> int:
+        call = DecodeCall(alg, n, [], temp_bytes=temp_bytes, stream=stream)
+        try:
+            return self._run(call, alg, in_ptrs, in_bytes, out_cap, out_actual, n, temp, temp_bytes, out_ptrs, opts,
+                             statuses)
+        except _LaunchRefused as exc:
+            call.error = str(exc)
+            return NVCOMP_INVALID_VALUE
+        finally:
+            self._emu.decode_calls.append(call)
+
+    def _run(self, call: DecodeCall, alg: str, in_ptrs: int, in_bytes: int, out_cap: int, out_actual: int, n: int,
+             temp: int, temp_bytes: int, out_ptrs: int, opts: Any, statuses: int) -> int:
+        if n == 0:
+            raise _LaunchRefused("num_chunks is 0")
+        if not _default_opts(opts):
+            raise _LaunchRefused("decompression options are not the defaults")
+        if statuses == 0 and self.api == 6:
+            raise _LaunchRefused("device_statuses is NULL (6.x requires it)")
+        src = self._table(in_ptrs, n, np.uint64, "compressed pointer")
+        src_n = self._table(in_bytes, n, np.uint64, "compressed size")
+        cap = self._table(out_cap, n, np.uint64, "output capacity")
+        dst = self._table(out_ptrs, n, np.uint64, "output pointer")
+        actual = self._table(out_actual, n, np.uint64, "actual size")
+        status = self._table(statuses, n, np.int32, "status") if statuses else np.zeros(n, np.int32)
+        call.input_sizes = src_n.tolist()
+        for what, ptr, size in (("input", src, src_n), ("output", dst, cap)):
+            if (ptr % np.uint64(DECOMPRESSION_ALIGNMENT[alg])).any():
+                k = int(np.flatnonzero(ptr % np.uint64(DECOMPRESSION_ALIGNMENT[alg]))[0])
+                raise _LaunchRefused(f"{what} {k} at 0x{int(ptr[k]):x} is not {DECOMPRESSION_ALIGNMENT[alg]}-byte "
+                                     "aligned")
+            inside = DEVICE_MEMORY.contains(ptr, ptr + size)
+            if not inside.all():
+                k = int(np.flatnonzero(~inside)[0])
+                raise _LaunchRefused(f"{what} {k} [0x{int(ptr[k]):x}, +{int(size[k])}) is not inside device memory")
+        _check_disjoint(src, src_n, dst, cap)
+        need = model_temp_bytes(alg, n, int(cap.max()), int(cap.sum()))
+        if temp_bytes < need:
+            raise _LaunchRefused(f"temp_bytes {temp_bytes} < the {need} bytes GetTempSize asks for")
+        if need:
+            lo = np.array([temp], dtype=np.uint64)
+            if temp % TEMP_ALIGNMENT[alg] or not DEVICE_MEMORY.contains(lo, lo + np.uint64(temp_bytes))[0]:
+                raise _LaunchRefused(f"temp buffer 0x{temp:x} (+{temp_bytes}) is not aligned device memory")
+        decoder = _DECODERS[alg]
+        for k in range(n):
+            data = self._entry(int(src[k]), int(src_n[k])).tobytes()
+            out = self._entry(int(dst[k]), int(cap[k]))
+            try:
+                got = decoder(data, int(cap[k]))
+            except (RuntimeError, ValueError) as exc:
+                out[...] = UNINITIALISED_BYTE
+                if self.silent_corruption and isinstance(exc, RuntimeError):
+                    status[k], actual[k] = NVCOMP_SUCCESS, _decodable_prefix(alg, data, int(cap[k]))
+                else:
+                    status[k], actual[k] = NVCOMP_CANNOT_DECOMPRESS, 0
                 continue
-            first = int(np.searchsorted(ends, lo, side="right"))  # outputs ending after the input starts
-            last = int(np.searchsorted(starts, hi, side="left"))  # ... and starting before it ends
-            if first < last:
-                raise ValueError(f"Codec.decode: input {k} overlaps output {spans[first][2]}")
+            out[: len(got)] = np.frombuffer(got, dtype=np.uint8)
+            status[k], actual[k] = NVCOMP_SUCCESS, len(got)
+        call.decoded_sizes = actual.tolist()
+        call.statuses = status.tolist()
+        return NVCOMP_SUCCESS
 
 
-def make_fake_nvcomp(emulation: GpuEmulation) -> types.ModuleType:
-    nv = types.ModuleType("nvidia.nvcomp")
-    nv.__version__ = "emulated"
-    nv.BitstreamKind = FakeBitstreamKind
-    nv.Codec = lambda **kwargs: FakeCodec(emulation, **kwargs)
-    nv.as_arrays = fake_as_arrays
-    return nv
+def _default_opts(opts: Any) -> bool:
+    """A 64-byte options struct of zeros (the default backend; LZ4: char data, no bitshuffle)."""
+    import ctypes
+
+    return ctypes.sizeof(opts) == 64 and ctypes.string_at(ctypes.addressof(opts), 64) == bytes(64)
+
+
+class _LaunchRefused(Exception):
+    """An argument the emulated libnvcomp refuses at launch (the call returns ``nvcompErrorInvalidValue``)."""
+
+
+def _check_disjoint(src: np.ndarray, src_n: np.ndarray, dst: np.ndarray, cap: np.ndarray) -> None:
+    """Outputs must not overlap each other or any input (a data race on a GPU)."""
+    keep = cap > 0
+    order = np.argsort(dst[keep], kind="stable")
+    lo, hi = dst[keep][order], (dst + cap)[keep][order]
+    if lo.size > 1 and (lo[1:] < hi[:-1]).any():
+        raise _LaunchRefused("two outputs overlap")
+    if not lo.size:
+        return
+    s_lo, s_hi = src[src_n > 0], (src + src_n)[src_n > 0]
+    first = np.searchsorted(hi, s_lo, side="right")
+    last = np.searchsorted(lo, s_hi, side="left")
+    if (first < last).any():
+        raise _LaunchRefused("an input overlaps an output")
+
+
+def _decodable_prefix(alg: str, data: bytes, capacity: int) -> int:
+    """How many bytes a decoder that does not validate might report for a corrupt entry (a model)."""
+    if alg == "Deflate":
+        d = zlib.decompressobj(-15)
+        try:
+            return len(d.decompress(data, capacity))
+        except zlib.error:
+            return 0
+    return min(capacity, len(data))
 
 
 # ============================================================================ fake kernels
@@ -975,6 +1205,12 @@ class GpuEmulation:
     #: compare every kernel's output with its NumPy mirror after the launch
     oracles: bool = True
     kvikio_reads: list[str] = field(default_factory=list)
+    #: every event synchronisation (the engine waits once per batch, after queuing all of it)
+    event_syncs: list[Any] = field(default_factory=list)
+    #: every host→device copy by ``ndarray.set``: ("async pinned" / "sync pageable" / ..., bytes, stream)
+    uploads: list[tuple[str, int, int | None]] = field(default_factory=list)
+    #: the modelled libnvcomp (:class:`FakeLibnvcomp`; ``silent_corruption`` is set on it)
+    libnvcomp: Any = None
     engines: list[Any] = field(default_factory=list)
     _gather_launched: threading.local = field(default_factory=threading.local)
 
@@ -984,6 +1220,8 @@ class GpuEmulation:
         self.kernel_streams.clear()
         self.device_syncs.clear()
         self.kvikio_reads.clear()
+        self.event_syncs.clear()
+        self.uploads.clear()
 
     @contextlib.contextmanager
     def oracles_off(self) -> Iterator[None]:
@@ -1012,34 +1250,31 @@ def _clear_caches() -> None:
     gpu_kernels._module.cache_clear()
 
 
-def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmulation:
+def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False, nvcomp_api: int = 5) -> GpuEmulation:
     """Install the emulation with ``monkeypatch`` (undone by it); see :func:`gpu_emulation` for teardown.
 
     ``kvikio=True`` also emulates kvikio, so local fetchers read with ``CuFile`` into
-    pinned host or device memory; otherwise they stay on POSIX reads.
+    pinned host or device memory; otherwise they stay on POSIX reads. ``nvcomp_api``: which
+    libnvcomp shape to model, 5 (5.x, what DALI pins) or 6 (see :class:`FakeLibnvcomp`).
     """
-    try:
-        import nvidia
-    except ImportError:  # a CPU-only install has no nvidia.* packages at all
-        nvidia = types.ModuleType("nvidia")
-        nvidia.__path__ = []  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "nvidia", nvidia)
-
     from gpuzarr import _optional
     from gpuzarr.engines import base as engine_base
     from gpuzarr.engines.gpu import kernels as gpu_kernels
+    from gpuzarr.engines.gpu import nvcomp as nvc
     from gpuzarr.storage import local
 
     emu = GpuEmulation()
     cp, cupyx = make_fake_cupy()
-    nv = make_fake_nvcomp(emu)
+    emu.libnvcomp = FakeLibnvcomp(emu, nvcomp_api)
+    fake_library = nvc.NvcompLibrary(emu.libnvcomp, f"emulated libnvcomp {nvcomp_api}.x")
     _clear_caches()
     monkeypatch.setattr(FakeDevice, "on_device_synchronize", emu.device_syncs.append)
+    monkeypatch.setattr(FakeEvent, "on_synchronize", emu.event_syncs.append)
+    monkeypatch.setattr(UPLOAD_LOG, "hook", emu.uploads.append)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setitem(sys.modules, "cupy.cuda", cp.cuda)
     monkeypatch.setitem(sys.modules, "cupyx", cupyx)
-    monkeypatch.setitem(sys.modules, "nvidia.nvcomp", nv)
-    monkeypatch.setattr(nvidia, "nvcomp", nv, raising=False)  # `from nvidia import nvcomp` reads the attribute
+    monkeypatch.setattr(nvc, "library", lambda: fake_library)
     if kvikio:
         monkeypatch.setitem(sys.modules, "kvikio", make_fake_kvikio(emu))
         monkeypatch.setattr(_optional, "kvikio", lambda: _optional.Availability(True, "", "0+emulated"))
@@ -1064,12 +1299,12 @@ def install(monkeypatch: pytest.MonkeyPatch, *, kvikio: bool = False) -> GpuEmul
 
 
 @contextlib.contextmanager
-def gpu_emulation(*, kvikio: bool = False) -> Iterator[GpuEmulation]:
+def gpu_emulation(*, kvikio: bool = False, nvcomp_api: int = 5) -> Iterator[GpuEmulation]:
     """Context manager: the GPU engine runs emulated inside; everything is restored afterwards."""
     mp = pytest.MonkeyPatch()
     emu = None
     try:
-        emu = install(mp, kvikio=kvikio)
+        emu = install(mp, kvikio=kvikio, nvcomp_api=nvcomp_api)
         yield emu
     finally:
         if emu is not None:

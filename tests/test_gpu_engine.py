@@ -242,10 +242,10 @@ def test_corrupt_chunk_named_and_never_reaches_nvcomp(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- nvCOMP assumptions
-# What the engine assumes of nvCOMP's Python API and could only be checked against its
-# docstrings when written: decode of a RAW batch carved from one buffer by offsets,
-# buffer_sizes reporting the decoded size of each entry (the engine's corruption check),
-# no 64 KiB limit from the Codec's default uncomp_chunk_size, thread safety.
+# What the engine assumes of nvCOMP's batched C API and could only be checked against its
+# headers when written: decode of a RAW batch from pointer tables built by NumPy, a status
+# and the decoded size of each entry reported (the engine's corruption check), chunks far
+# above 64 KiB, thread safety.
 
 
 def _engine():
@@ -277,16 +277,24 @@ def test_nvcomp_raw_batch_reports_decoded_sizes(algorithm: str) -> None:
     host = np.zeros(total, np.uint8)
     for e, o in zip(encs, src_off, strict=True):
         host[o:o + len(e)] = np.frombuffer(e, np.uint8)
-    # the last slot is 64 bytes larger than its stream decodes to: buffer_sizes must say so
-    dst_size = np.array([len(r) for r in raws], dtype=np.int64) + np.array([0, 0, 64])
-    dst_off, dst_total = _slots(dst_size)
-    out = cp.zeros(dst_total, dtype=cp.uint8)
-    sizes = _engine()._nvcomp_decode(algorithm, cp.asarray(host), src_off, np.array([len(e) for e in encs]),
-                                     out, dst_off, dst_size)
-    assert sizes.tolist() == [len(r) for r in raws]
-    got = out.get()
-    for r, o in zip(raws, dst_off, strict=True):
-        assert got[o:o + len(r)].tobytes() == r
+    from gpuzarr.engines.gpu.engine import _NvcompBatch
+
+    for slack in (0, 64):  # then the last slot is 64 bytes larger than its stream decodes to: named
+        dst_size = np.array([len(r) for r in raws], dtype=np.int64) + np.array([0, 0, slack])
+        dst_off, dst_total = _slots(dst_size)
+        out = cp.zeros(dst_total, dtype=cp.uint8)
+        io = _NvcompBatch(cp.cuda.get_current_stream())
+        io.reserve(3)
+        _engine()._nvcomp_decode(io, algorithm, cp.asarray(host), src_off, np.array([len(e) for e in encs]),
+                                 out, dst_off, dst_size, np.arange(3))
+        if slack:
+            with pytest.raises(CorruptChunkError, match=r"k2.*decoded to"):
+                io.verify(["k0", "k1", "k2"], "a")
+            continue
+        io.verify(["k0", "k1", "k2"], "a")
+        got = out.get()
+        for r, o in zip(raws, dst_off, strict=True):
+            assert got[o:o + len(r)].tobytes() == r
 
 
 @pytest.mark.parametrize("compressors", [[ZstdCodec(level=1)], [GzipCodec(level=1)],

@@ -24,7 +24,8 @@ fsspec's I/O event-loop thread, bounded by ``max_concurrency`` requests in fligh
 
 Device reads (:meth:`RemoteFetcher.fetch_device`) use kvikio's ``RemoteFile`` (libcurl,
 parallel range reads straight into a device buffer) when a GPU is usable and kvikio
-was built with remote support; otherwise host reads followed by one host→device copy.
+was built with remote support; otherwise host reads packed into a pinned arena and one asynchronous
+host→device copy on the current stream (:func:`gpuzarr.storage.buffers.stage_to_device`).
 
 Every read is wrapped in :class:`~gpuzarr.storage.retry.RetryPolicy`: 429/5xx, timeouts,
 connection resets and short bodies are retried with exponential backoff and jitter;
@@ -58,7 +59,7 @@ from gpuzarr.storage.base import (
     SuffixRange,
     normalize_request,
 )
-from gpuzarr.storage.buffers import DeviceBatch, aligned_slots, concatenate_aligned
+from gpuzarr.storage.buffers import DeviceBatch, aligned_slots, stage_to_device
 from gpuzarr.storage.local import cuda_io_usable, range_past_end_error, resolve_extent
 from gpuzarr.storage.retry import PermanentFetchError, RetryPolicy, ShortReadError
 from gpuzarr.threads import ForkLocal, ThreadPool
@@ -614,15 +615,12 @@ class RemoteFetcher(ChunkFetcher):
         """Read a batch into one device buffer (kvikio RemoteFile when it can run)."""
         if not cuda_io_usable():
             raise DeviceUnavailableError(f"fetch_device on {self.store_id}: no usable CUDA device / kvikio")
-        import cupy
-
         keys, ranges = normalize_request(keys, ranges)
-        if not self.use_kvikio:
+        if not self.use_kvikio:  # host reads, packed into the pinned arena, one async upload on the current stream
             host = self.fetch(keys, ranges)
             present = np.array([h is not None for h in host], dtype=bool)
-            staging, offsets, lengths = concatenate_aligned([b"" if h is None else h for h in host])
-            return DeviceBatch(cupy.asarray(staging if staging.size else np.zeros(1, np.uint8)), offsets, lengths,
-                               present)
+            device, offsets, lengths, _ = stage_to_device([b"" if h is None else h for h in host])
+            return DeviceBatch(device, offsets, lengths, present)
         return self._kvikio_fetch_device(keys, ranges)
 
     def _kvikio_open(self, key: str, nbytes: int | None) -> Any:

@@ -2,19 +2,30 @@
 
 For one :class:`~gpuzarr.plan.planner.BatchPlan` the engine
 
-1. concatenates the encoded chunks of the batch on the host (16-byte aligned) and
-   uploads them in one copy;
-2. verifies a ``crc32c`` codec for all chunks in two kernel launches;
-3. decodes the compressor of all chunks at once: zarr's ``zstd`` → one batched nvCOMP
-   Zstd call; ``gzip`` → framing checked and stripped on the host, one batched nvCOMP
-   Deflate call; ``blosc`` → headers and block tables parsed and validated on the host
-   (:func:`gpuzarr.codecs.blosc.parse_blosc_batch`), one batched nvCOMP call per inner
-   algorithm (LZ4, Zstd, Deflate for zlib streams), then one unshuffle launch for every
-   block of the batch;
+1. packs the encoded chunks of the batch (16-byte aligned) into this thread's reusable
+   page-locked arena (:class:`~gpuzarr.storage.buffers.PinnedStaging`) and uploads them in
+   one asynchronous copy on the batch's stream;
+2. verifies a ``crc32c`` codec for all chunks in two kernel launches (its result is read
+   back before anything is decoded: corrupt bytes never reach nvCOMP);
+3. decodes the compressor of all chunks at once through nvCOMP's batched C API
+   (:mod:`gpuzarr.engines.gpu.nvcomp`): zarr's ``zstd`` → one Zstd call; ``gzip`` →
+   framing checked and stripped on the host, one Deflate call; ``blosc`` → headers and
+   block tables parsed and validated on the host
+   (:func:`gpuzarr.codecs.blosc.parse_blosc_batch`), one call per inner algorithm (LZ4,
+   Zstd, Deflate for zlib streams), then one unshuffle launch for every block of the
+   batch. The pointer and size tables are built by NumPy and uploaded in one copy per
+   call; a call whose nVCOMP temp memory would exceed ``gpu.scratch_bytes`` is split;
 4. assembles the batch in one gather launch: the ``bytes`` codec's byte order and the
    ``transpose`` codec's axis order are folded into the gather (byte swap, strides), as
    are the optional :class:`~gpuzarr.plan.transform.OutputTransform` cast, normalisation and
-   layout.
+   layout;
+5. copies nvCOMP's per-stream statuses and decoded sizes back (asynchronously, into
+   pinned memory), records an event after the gather and waits for it — the batch's only
+   wait when there is no crc32c — and checks every stream against the size the host
+   validated: a mismatch raises :class:`CorruptChunkError` naming the chunk.
+
+Everything is queued on the caller's stream when one is given (CuPy's current stream
+otherwise); the engine never synchronises the device or a whole stream for nvCOMP.
 
 A chunk that fails any host check raises :class:`CorruptChunkError` naming its key and
 never reaches nvCOMP. Codec chains the engine cannot run (other codecs, unusual order)
@@ -30,6 +41,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,10 +51,19 @@ from gpuzarr.codecs import blosc
 from gpuzarr.codecs.chain import BloscStep, BytesStep, Crc32cStep, DecodeChain, GzipStep, TransposeStep, ZstdStep
 from gpuzarr.engines.base import EngineCapabilities
 from gpuzarr.engines.gpu import kernels as K
+from gpuzarr.engines.gpu import nvcomp as nvc
 from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
 from gpuzarr.plan.layout import chunk_strides, gather_layout
 from gpuzarr.plan.planner import BatchPlan
-from gpuzarr.storage.buffers import BATCH_ALIGN, DeviceBatch, aligned_slots, concatenate_aligned
+from gpuzarr.settings import config
+from gpuzarr.storage.buffers import (
+    BATCH_ALIGN,
+    DeviceBatch,
+    aligned_slots,
+    concatenate_aligned,
+    pinned_staging,
+    stage_to_device,
+)
 from gpuzarr.threads import cpu_pool
 
 ALIGN = BATCH_ALIGN
@@ -113,6 +134,102 @@ class _DeviceChunks:
         return self._dev[start : start + int(self._length[c])].get()
 
 
+def _pieces(lib: nvc.NvcompLibrary, algorithm: str, capacity: np.ndarray, budget: int,
+            stream: int) -> list[tuple[int, int, int]]:
+    """Split entries ``[0, n)`` into contiguous ``(start, end, temp_bytes)`` whose nVCOMP temp memory fits ``budget``.
+
+    Halves a range until it fits; a single entry is decoded alone even when it needs more.
+    A few host-only temp-size queries per piece, none per entry.
+    """
+    out: list[tuple[int, int, int]] = []
+    todo = [(0, len(capacity))]
+    while todo:
+        a, b = todo.pop()
+        need = lib.temp_bytes(algorithm, b - a, int(capacity[a:b].max()), int(capacity[a:b].sum()), stream)
+        if need <= budget or b - a == 1:
+            out.append((a, b, need))
+        else:
+            m = (a + b) // 2
+            todo += [(m, b), (a, m)]
+    return out
+
+
+@dataclass
+class _Group:
+    algorithm: str
+    results: Any  # device: [decoded sizes, uint64 | statuses, int32]
+    expected: np.ndarray
+    row_chunk: np.ndarray
+
+
+class _NvcompBatch:
+    """One batch's nvCOMP work on one stream: pinned tables, per-call result buffers, and the batch's one wait.
+
+    :meth:`reserve` takes this thread's pinned table arena for the batch's entries;
+    :meth:`tables` hands out consecutive slices of it; :meth:`results` allocates a device
+    buffer for each call's decoded sizes and statuses; :meth:`verify` copies all of them
+    back asynchronously into pinned memory, records an event, waits for it (the only wait
+    of the batch) and checks every entry, raising :class:`CorruptChunkError` naming the
+    chunk of the first entry that failed or decoded to a size other than expected.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._tables: np.ndarray | None = None
+        self._used = 0
+        self._groups: list[_Group] = []
+        self._keep: list[Any] = []
+
+    def reserve(self, entries: int) -> None:
+        self._tables = pinned_staging("tables").take(32 * max(entries, 1)).view(np.uint64)
+        self._used = 0
+
+    def tables(self, count: int) -> np.ndarray:
+        if self._tables is None or self._used + count > self._tables.size:
+            raise RuntimeError(f"nvCOMP tables: {count} entries past the {self._used} reserved")  # an engine bug
+        view = self._tables[self._used: self._used + count]
+        self._used += count
+        return view
+
+    def results(self, algorithm: str, n: int, expected: np.ndarray, row_chunk: np.ndarray) -> Any:
+        import cupy as cp
+
+        pinned_staging("tables").queued(self.stream)  # the table upload just queued reads the arena
+        buf = cp.empty(12 * n, dtype=cp.uint8)
+        self._groups.append(_Group(algorithm, buf, _int64(expected), _int64(row_chunk)))
+        return buf
+
+    def keep(self, *buffers: Any) -> None:
+        """Device buffers the queued work reads: held until :meth:`verify` waited for it."""
+        self._keep.extend(buffers)
+
+    def verify(self, keys: Sequence[str], array_name: str) -> None:
+        if not self._groups:
+            return
+        sizes = np.array([g.results.size for g in self._groups], dtype=np.int64)
+        offsets, total = _slots(sizes)
+        staging = pinned_staging("results")
+        host = staging.take(total)
+        for g, o in zip(self._groups, offsets.tolist(), strict=True):
+            g.results.get(stream=self.stream, out=host[o: o + g.results.size], blocking=False)
+        staging.queued(self.stream)
+        staging.wait()
+        groups, self._groups, self._keep = self._groups, [], []
+        for g, o in zip(groups, offsets.tolist(), strict=True):
+            n = g.expected.size
+            decoded = host[o: o + 8 * n].view(np.uint64).astype(np.int64)
+            status = host[o + 8 * n: o + 12 * n].view(np.int32)
+            bad = np.flatnonzero((status != 0) | (decoded != g.expected))
+            if bad.size:
+                k = int(bad[0])
+                code = int(status[k])
+                what = (f"reports {nvc.STATUS_NAMES.get(code, code)}" if code else
+                        f"decoded to {int(decoded[k])} bytes, expected {int(g.expected[k])}")
+                more = f"; {bad.size} of the batch's {n} {g.algorithm} streams failed" if bad.size > 1 else ""
+                raise CorruptChunkError.of_chunk(array_name, keys[int(g.row_chunk[k])],
+                                                 f"cannot be decoded: nvCOMP {g.algorithm} stream {what}{more}")
+
+
 class _GpuPlan:
     """What part of a chain runs on the GPU: ``crc32c`` first, at most one compressor, bytes, transposes."""
 
@@ -160,7 +277,6 @@ class GpuEngine:
             raise DeviceUnavailableError(f"the GPU engine cannot run: {available.reason}")
         self.strict = strict
         self._warned: set[str] = set()
-        self._codecs: dict[tuple[str, int, int], Any] = {}
         self._lock = threading.Lock()
 
     def takes_device_batches(self, chain: DecodeChain) -> bool:
@@ -186,66 +302,57 @@ class GpuEngine:
 
     # ------------------------------------------------------------------ nvCOMP
 
-    def _codec(self, algorithm: str) -> Any:
-        import cupy as cp
-        from nvidia import nvcomp
+    def _nvcomp_decode(self, io: _NvcompBatch, algorithm: str, src: Any, src_off: np.ndarray, src_size: np.ndarray,
+                       dst: Any, dst_off: np.ndarray, dst_size: np.ndarray, row_chunk: np.ndarray) -> None:
+        """Queue the decode of every entry (``src_off``/``src_size`` → ``dst_off``/``dst_size``) on ``io``'s stream.
 
-        stream = cp.cuda.get_current_stream()
-        # one Codec per thread as well: the engine is shared by the process (a loader's
-        # producer thread and the main thread decode at the same time) and nothing in
-        # nvCOMP's Python API promises that one Codec's scratch state is thread-safe
-        key = (algorithm, cp.cuda.Device().id, int(stream.ptr), threading.get_ident())
-        with self._lock:
-            codec = self._codecs.get(key)
-            if codec is None:
-                codec = nvcomp.Codec(algorithm=algorithm, bitstream_kind=nvcomp.BitstreamKind.RAW,
-                                     device_id=key[1], cuda_stream=key[2])
-                self._codecs[key] = codec
-            return codec
-
-    def _nvcomp_decode(self, algorithm: str, src: Any, src_off: np.ndarray, src_size: np.ndarray, dst: Any,
-                       dst_off: np.ndarray, dst_size: np.ndarray) -> np.ndarray:
-        """One batched nvCOMP decode; inputs are repacked to aligned offsets first when needed.
-
-        Returns the decoded size of every entry (the caller checks them).
+        Inputs are repacked to aligned offsets first when the library asks for more
+        alignment than they have. Nothing is read back here: ``io.verify`` checks every
+        entry's status and decoded size against ``dst_size`` after the batch's event;
+        ``row_chunk`` maps each entry to the chunk named when it fails.
         """
         import cupy as cp
-        from nvidia import nvcomp
 
-        if len(src_off) == 0:
-            return np.zeros(0, dtype=np.int64)
-        codec = self._codec(algorithm)
-        align = max(ALIGN, int(codec.get_required_decompression_alignment()))
-        if (np.asarray(src_off) % align).any():
-            packed_off, total = _slots(src_size, 0, align)
+        n = len(src_off)
+        if n == 0:
+            return
+        lib = nvc.library()
+        align = lib.alignment(algorithm)
+        src_off, src_size = _int64(src_off), _int64(src_size)
+        dst_off, dst_size = _int64(dst_off), _int64(dst_size)
+        if ((int(src.data.ptr) + src_off) % max(align.input, 1)).any():
+            packed_off, total = _slots(src_size, 0, max(ALIGN, align.input))
             packed = cp.empty(max(total, 1), dtype=cp.uint8)
             K.launch_copy_segments(src, src_off, packed, packed_off, src_size)
             src, src_off = packed, packed_off
-        current = cp.cuda.get_current_stream()
-        stream = int(current.ptr)
-        # The uploads and the repack above were queued on CuPy's current stream. With
-        # stream 0 nvCOMP may run on a stream of its own (Codec: "by default an internal
-        # CUDA stream is created"), so wait for them here rather than rely on implicit
-        # ordering; decode() synchronises anyway (no DecompressConfig is passed).
-        current.synchronize()
-        # offset tables go to nvCOMP as lists built by NumPy in C (``tolist``), not by a Python loop per stream
-        srcs = nvcomp.as_arrays(src, _int64(src_off).tolist(), _int64(src_size).tolist(), cuda_stream=stream)
-        outs = nvcomp.as_arrays(dst, _int64(dst_off).tolist(), _int64(dst_size).tolist(), cuda_stream=stream)
-        result = codec.decode(srcs, out=outs)
-        # BatchArray.buffer_sizes "waits for the work that produced this batch": after it
-        # the outputs are complete and kernels on any stream may read them
-        return np.asarray(result.buffer_sizes, dtype=np.int64)
+        if ((int(dst.data.ptr) + dst_off) % max(align.output, 1)).any():
+            raise ValueError(f"nvCOMP {algorithm} outputs must be {align.output}-byte aligned")
+        stream = io.stream
+        # one table of [input pointers | input sizes | output capacities | output pointers], uint64
+        host = io.tables(4 * n)
+        host[:n] = src_off + int(src.data.ptr)
+        host[n: 2 * n] = src_size
+        host[2 * n: 3 * n] = dst_size
+        host[3 * n:] = dst_off + int(dst.data.ptr)
+        tables = cp.empty(4 * n, dtype=cp.uint64)
+        tables.set(host, stream=stream)
+        results = io.results(algorithm, n, dst_size, row_chunk)  # [decoded sizes (uint64) | statuses (int32)]
+        t, r = int(tables.data.ptr), int(results.data.ptr)
+        budget = int(config.get("gpu.scratch_bytes"))
+        pieces = _pieces(lib, algorithm, dst_size, budget, int(stream.ptr))
+        temp_bytes = max(p[2] for p in pieces)
+        temp = cp.empty(max(temp_bytes, 1), dtype=cp.uint8)  # one buffer, reused by the pieces in stream order
+        for a, b, need in pieces:
+            lib.decompress_async(algorithm, in_ptrs=t + 8 * a, in_bytes=t + 8 * (n + a), out_capacity=t + 8 * (2 * n + a),
+                                 out_actual=r + 8 * a, n=b - a, temp=int(temp.data.ptr) if need else 0, temp_bytes=need,
+                                 out_ptrs=t + 8 * (3 * n + a), statuses=r + 8 * n + 4 * a, stream=int(stream.ptr))
+        io.keep(src, tables, temp)
 
     # ------------------------------------------------------------------ decode stages
 
     def _upload(self, chunks: Sequence[Any]) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
-        import cupy as cp
-
-        host, base, length = concatenate_aligned(chunks, ALIGN)
-        dev = cp.empty(max(host.size, 1), dtype=cp.uint8)
-        if host.size:
-            dev[: host.size].set(host)
-        return dev, base, length, host
+        """Chunks → this thread's pinned arena → one async copy on the current stream: ``(dev, base, length, host)``."""
+        return stage_to_device(chunks, align=ALIGN)
 
     def _verify_crc32c(self, dev: Any, host: np.ndarray, base: np.ndarray, length: np.ndarray,
                        keys: Sequence[str], array_name: str) -> np.ndarray:
@@ -263,41 +370,18 @@ class GpuEngine:
                                                             f"computed {int(computed[bad[0]]):08x})")
         return body
 
-    def _decode_plain(self, algorithm: str, dev: Any, src_off: np.ndarray, src_size: np.ndarray, nbytes: int,
-                      keys: Sequence[str], array_name: str) -> tuple[Any, np.ndarray]:
+    def _decode_plain(self, io: _NvcompBatch, algorithm: str, dev: Any, src_off: np.ndarray, src_size: np.ndarray,
+                      nbytes: int) -> tuple[Any, np.ndarray]:
+        """One nvCOMP call for whole chunks of ``nbytes`` each (checked by ``io.verify``)."""
         import cupy as cp
 
         n = len(src_off)
         out_off, total = _slots(np.full(n, nbytes, dtype=np.int64))
         out = cp.empty(max(total, 1), dtype=cp.uint8)
-        try:
-            sizes = self._nvcomp_decode(algorithm, dev, src_off, src_size, out, out_off, np.full(n, nbytes))
-        except (RuntimeError, ValueError) as exc:
-            raise CorruptChunkError(f"{array_name}: nvCOMP {algorithm} failed on a batch of chunks "
-                                    f"{list(keys)[:4]}...: {exc}", array=array_name, key=keys[0] if keys else "") from exc
-        bad = np.flatnonzero(sizes != nbytes)
-        if bad.size:
-            k = keys[int(bad[0])]
-            raise CorruptChunkError.of_chunk(array_name, k, f"decoded to {int(sizes[bad[0]])} bytes, expected {nbytes}")
+        io.reserve(n)
+        self._nvcomp_decode(io, algorithm, dev, src_off, src_size, out, out_off, np.full(n, nbytes, dtype=np.int64),
+                            np.arange(n, dtype=np.int64))
         return out, out_off
-
-    def _decode_plain_naming_culprit(self, algorithm: str, dev: Any, src_off: np.ndarray, src_size: np.ndarray,
-                                     nbytes: int, encoded: Sequence[Any], chain: DecodeChain, keys: Sequence[str],
-                                     array_name: str) -> tuple[Any, np.ndarray]:
-        """:meth:`_decode_plain`; when nvCOMP rejects the whole batch, the CPU finds and names the bad chunk."""
-        try:
-            return self._decode_plain(algorithm, dev, src_off, src_size, nbytes, keys, array_name)
-        except CorruptChunkError as exc:
-            if exc.__cause__ is None:  # a per-chunk size check already named its chunk
-                raise
-            for c in range(len(encoded)):  # error path only: the first chunk the CPU cannot decode is named
-                try:
-                    chain.decode(encoded[c], key=keys[c], array=array_name)
-                except CorruptChunkError:
-                    raise
-                except Exception as cpu_exc:  # e.g. zlib.error, which DecodeChain.decode does not map
-                    raise CorruptChunkError.of_chunk(array_name, keys[c], f"cannot be decoded: {cpu_exc}") from cpu_exc
-            raise
 
     def _check_zstd_frames(self, host: np.ndarray, base: np.ndarray, length: np.ndarray, nbytes: int,
                            keys: Sequence[str], array_name: str) -> None:
@@ -345,13 +429,14 @@ class GpuEngine:
             raise CorruptChunkError.of_chunk(array_name, k, f"is not a gzip member of {nbytes} bytes")
         return base + start, end - start
 
-    def _decode_blosc(self, chunks: Sequence[Any], nbytes: int, keys: Sequence[str], array_name: str,
-                      uploaded: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[Any, np.ndarray]:
-        """Blosc chunks → one device buffer. ``uploaded``: ``(dev, host, base, length)`` of the chunks,
-        already on the device (for the crc32c check), reused instead of a second host→device copy."""
+    def _decode_blosc(self, io: _NvcompBatch, chunks: Sequence[Any], nbytes: int, keys: Sequence[str],
+                      array_name: str, packed: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      dev: Any = None) -> tuple[Any, np.ndarray]:
+        """Blosc chunks → one device buffer. ``packed``: ``(host, base, length)``, the chunks in this
+        thread's pinned arena; ``dev``: their device copy when the crc32c check already made one
+        (copied device to device), else the arena is filled from ``host`` by one async upload."""
         import cupy as cp
 
-        packed = None if uploaded is None else uploaded[1:]
         batch = blosc.parse_blosc_batch(chunks, keys=keys, array_name=array_name, expected_nbytes=nbytes,
                                         packed=packed)
         cpu_only = batch.chunks_needing_cpu()
@@ -360,10 +445,11 @@ class GpuEngine:
         blob_end = int(_align_up(batch.blob.size))
         scratch_off, arena_end = _slots(np.where(compressed, batch.stream_usize, 0), blob_end)
         arena = cp.empty(max(arena_end, 1), dtype=cp.uint8)
-        if batch.blob.size and uploaded is not None:
-            arena[: batch.blob.size] = uploaded[0][: batch.blob.size]  # device to device
+        if batch.blob.size and dev is not None:
+            arena[: batch.blob.size] = dev[: batch.blob.size]  # device to device
         elif batch.blob.size:
-            arena[: batch.blob.size].set(batch.blob)
+            arena[: batch.blob.size].set(batch.blob, stream=io.stream)  # from the pinned arena, asynchronously
+            pinned_staging("upload").queued(io.stream)
         src_off = batch.stream_offset.copy()
         src_size = batch.stream_csize.copy()
         zlib_rows = np.flatnonzero(compressed & (batch.stream_format == blosc.FORMAT_ZLIB))
@@ -377,22 +463,12 @@ class GpuEngine:
                 raise CorruptChunkError.of_chunk(array_name, k, "has a zlib stream with a bad header")
             src_off[zlib_rows] += 2
             src_size[zlib_rows] -= 6
+        io.reserve(int(np.count_nonzero(compressed)))
         for fmt, algorithm in _NVCOMP_ALGORITHM.items():
             rows = np.flatnonzero(compressed & (batch.stream_format == fmt))
-            if rows.size == 0:
-                continue
-            try:
-                sizes = self._nvcomp_decode(algorithm, arena, src_off[rows], src_size[rows], arena,
-                                            scratch_off[rows], batch.stream_usize[rows])
-                bad = np.flatnonzero(sizes != batch.stream_usize[rows])
-            except (RuntimeError, ValueError):
-                bad = None
-            if bad is None or bad.size:
-                # name the culprit: the CPU reference decodes the same streams and raises with the key
-                blosc.decode_blosc_reference(chunks, keys=keys, array_name=array_name, expected_nbytes=nbytes)
-                k = batch.keys[int(batch.stream_chunk[rows[bad[0]]])] if bad is not None and bad.size else keys[0]
-                raise CorruptChunkError(f"{array_name}: nvCOMP {algorithm} could not decode chunk {k!r}",
-                                        array=array_name, key=k)
+            if rows.size:
+                self._nvcomp_decode(io, algorithm, arena, src_off[rows], src_size[rows], arena, scratch_off[rows],
+                                    batch.stream_usize[rows], batch.stream_chunk[rows])
         stream_at = np.where(compressed, scratch_off, batch.stream_offset)
         out_off, total = _slots(batch.chunk_nbytes)
         out = cp.empty(max(total, 1), dtype=cp.uint8)
@@ -439,6 +515,16 @@ class GpuEngine:
         ``offsets[k]``; its elements sit at ``src_strides`` (per array axis) in stored byte
         order (``swap_bytes`` says whether that is the opposite of the machine's).
         """
+        import cupy as cp
+
+        io = _NvcompBatch(cp.cuda.get_current_stream())
+        result = self._decode_chunks(io, encoded, chain, keys=keys, array_name=array_name)
+        io.verify(keys, array_name)
+        return result
+
+    def _decode_chunks(self, io: _NvcompBatch, encoded: Sequence[Any] | DeviceBatch, chain: DecodeChain, *,
+                       keys: Sequence[str], array_name: str) -> tuple[Any, np.ndarray, np.ndarray, bool]:
+        """:meth:`decode_chunks` with nvCOMP's per-stream checks left to ``io.verify`` (after more work is queued)."""
         gplan = _GpuPlan(chain)
         on_device = isinstance(encoded, DeviceBatch)
         if on_device and not self.takes_device_batches(chain):
@@ -458,23 +544,23 @@ class GpuEngine:
                     host[base[c] : base[c] + length[c]] = encoded[c]
         elif gplan.crc32c or not isinstance(gplan.compressor, BloscStep):
             dev, base, length, host = self._upload(encoded)
+        else:  # Blosc without crc32c: packed into the pinned arena here, uploaded once its layout is known
+            host, base, length = concatenate_aligned(encoded, ALIGN, allocate=pinned_staging("upload").take)
         if gplan.crc32c:
             length = self._verify_crc32c(dev, host, base, length, keys, array_name)
         step = gplan.compressor
         if isinstance(step, BloscStep):
-            if length is None:  # no crc32c: nothing uploaded yet
-                out, offsets = self._decode_blosc(encoded, nbytes, keys, array_name)
+            if not gplan.crc32c:  # nothing uploaded yet
+                out, offsets = self._decode_blosc(io, encoded, nbytes, keys, array_name, (host, base, length))
             else:  # the crc32c check uploaded the chunks: parse that image, decode from its device copy
                 bodies = [memoryview(c).cast("B")[: int(n)] for c, n in zip(encoded, length.tolist(), strict=True)]
-                out, offsets = self._decode_blosc(bodies, nbytes, keys, array_name, uploaded=(dev, host, base, length))
+                out, offsets = self._decode_blosc(io, bodies, nbytes, keys, array_name, (host, base, length), dev)
         elif isinstance(step, ZstdStep):
             self._check_zstd_frames(host, base, length, nbytes, keys, array_name)
-            out, offsets = self._decode_plain_naming_culprit("Zstd", dev, base, length, nbytes, encoded, chain,
-                                                             keys, array_name)
+            out, offsets = self._decode_plain(io, "Zstd", dev, base, length, nbytes)
         elif isinstance(step, GzipStep):
             off, size = self._gzip_spans(host, base, length, nbytes, keys, array_name)
-            out, offsets = self._decode_plain_naming_culprit("Deflate", dev, off, size, nbytes, encoded, chain,
-                                                             keys, array_name)
+            out, offsets = self._decode_plain(io, "Deflate", dev, off, size, nbytes)
         else:
             bad = np.flatnonzero(length != nbytes)
             if bad.size:
@@ -524,9 +610,10 @@ class GpuEngine:
             chunks = [encoded[i] for i in idx.tolist()]
         chunk_offset = np.full(plan.n_chunks, -1, dtype=np.int64)
         present_keys = [keys[i] for i in idx.tolist()]
+        io = _NvcompBatch(cp.cuda.get_current_stream())
         if idx.size:
-            buf, offsets, src_strides, swap = self.decode_chunks(chunks, chain, keys=present_keys,
-                                                                 array_name=array_name)
+            buf, offsets, src_strides, swap = self._decode_chunks(io, chunks, chain, keys=present_keys,
+                                                                  array_name=array_name)
             chunk_offset[idx] = offsets
         else:
             buf, src_strides, swap = cp.zeros(1, dtype=cp.uint8), chunk_strides(chain.chunk_shape), False
@@ -549,6 +636,7 @@ class GpuEngine:
                         sample_size=sample_size, out_strides=out_strides, swap_bytes=swap, fill_value=fill_value,
                         convert_to=out_dtype if convert else None, channel_axis=channel_axis if convert else None,
                         mean=mean, inv_std=inv_std)
+        io.verify(present_keys, array_name)  # the batch's one wait: after everything is queued
         return result
 
     def close(self) -> None:
