@@ -63,8 +63,8 @@ def test_partial_decode_settings_decide_the_path(tmp_path: Path, monkeypatch: py
     decoded_in_part: list[bool] = []
     real = chain_module.decode_blocks_into
 
-    def recording(view: Any, dest: Any, intervals: Any) -> bool:
-        decoded_in_part.append(real(view, dest, intervals))
+    def recording(view: Any, dest: Any, intervals: Any, *header: Any) -> bool:
+        decoded_in_part.append(real(view, dest, intervals, *header))
         return decoded_in_part[-1]
 
     monkeypatch.setattr(chain_module, "decode_blocks_into", recording)

@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numcodecs
@@ -51,7 +52,8 @@ import numcodecs.lz4
 import numcodecs.zstd
 import numpy as np
 
-from gpuzarr.codecs.blosc.format import HEADER_BYTES, read_header
+from gpuzarr.codecs import native
+from gpuzarr.codecs.blosc.format import HEADER_BYTES
 from gpuzarr.codecs.blosc.partial import decode_blocks_into
 from gpuzarr.codecs.blosc.reference import zstd_content_size as _zstd_frame_size
 from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
@@ -67,6 +69,11 @@ except ImportError:  # pragma: no cover
 
 #: data types a chain can produce: bool, integers, floats, complex, datetime64, timedelta64
 SUPPORTED_KINDS = "biufcmM"
+
+#: Blosc1 header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes (little-endian)
+_BLOSC_HEADER = struct.Struct("<BBBBiii")
+#: numcodecs' own C decoders are reachable through ctypes (see :mod:`gpuzarr.codecs.native`)
+_NATIVE = native.available()
 
 
 def encoded_bound(nbytes: int) -> int:
@@ -139,26 +146,34 @@ class BloscStep:
     exact: bool = False
     name = "blosc"
 
-    def _check_header(self, view: memoryview, expected: int | None = None) -> int:
+    def _check_header(self, view: memoryview, expected: int | None = None) -> tuple[int, ...]:
+        """The header fields ``(version, versionlz, flags, typesize, nbytes, blocksize, cbytes)``, sizes checked."""
         if len(view) < HEADER_BYTES:
             raise ValueError(f"blosc: {len(view)} bytes is shorter than the 16-byte header")
-        header = read_header(view)
-        nbytes, cbytes = int(header["nbytes"]), int(header["cbytes"])
+        header = _BLOSC_HEADER.unpack_from(view)
+        nbytes, cbytes = header[4], header[6]
         if cbytes != len(view):
             raise ValueError(f"blosc: header says {cbytes} compressed bytes but the chunk has {len(view)}")
         want = expected if expected is not None else (self.cap if self.exact else None)
         if want is not None and nbytes != want:
             raise ValueError(f"blosc: header says {nbytes} decoded bytes, expected {want}")
-        if nbytes > self.cap:
+        if nbytes > self.cap or nbytes < 0:
             raise ValueError(f"blosc: header says {nbytes} decoded bytes, more than the {self.cap} allowed")
-        return int(nbytes)
+        return header
 
     def decode(self, data: Any) -> Any:
         view = _u8(data)
-        nbytes = self._check_header(view)
+        nbytes = self._check_header(view)[4]
         dest = np.empty(nbytes, dtype=np.uint8)
-        numcodecs.blosc.decompress(view, dest)
+        self._decompress(view, nbytes, dest)
         return dest
+
+    @staticmethod
+    def _decompress(view: memoryview, nbytes: int, dest: np.ndarray) -> None:
+        if _NATIVE:
+            native.blosc_decompress_into(view, nbytes, dest)
+        else:  # pragma: no cover - numcodecs without exported symbols
+            numcodecs.blosc.decompress(view, dest)
 
     def decode_into(self, data: Any, dest: np.ndarray, intervals: Any = None) -> np.ndarray:
         """Decode into ``dest`` (uint8, exactly the expected size) after checking the header sizes.
@@ -169,10 +184,11 @@ class BloscStep:
         they touch may be decoded; the rest of ``dest`` is then left stale.
         """
         view = _u8(data)
-        self._check_header(view, dest.nbytes)
-        if intervals is not None and decode_blocks_into(view, dest, intervals):
+        header = self._check_header(view, dest.nbytes)
+        # one block (blocksize >= nbytes, as c-blosc picks for small chunks): nothing to skip
+        if intervals is not None and 0 < header[5] < header[4] and decode_blocks_into(view, dest, intervals, header):
             return dest
-        numcodecs.blosc.decompress(view, dest)
+        self._decompress(view, header[4], dest)
         return dest
 
 
@@ -205,17 +221,29 @@ class ZstdStep:
                 raise ValueError(f"zstd: {exc} (at most {self.cap} bytes allowed)") from None
         return self.decode_into(view, dest)
 
-    def decode_into(self, data: Any, dest: np.ndarray) -> np.ndarray:
+    def decode_into(self, data: Any, dest: np.ndarray, limit: int | None = None) -> np.ndarray:
         """Decode into ``dest`` (uint8): the frame must decode to exactly ``dest.nbytes`` bytes.
 
-        numcodecs decodes into the given buffer and refuses frames that declare more, so
-        nothing beyond ``dest`` is ever allocated.
+        Nothing beyond ``dest`` is ever written or allocated. With ``limit`` (and the
+        C decoder reachable) only the first ``limit`` bytes need be decoded, the rest of
+        ``dest`` may be left stale; a frame that carries a checksum is decoded whole so
+        the checksum is verified.
         """
-        try:
+        if _NATIVE:
+            if limit is not None and _zstd_has_checksum(data):
+                limit = None
+            native.zstd_decompress_into(data, dest, limit)
+            return dest
+        try:  # pragma: no cover - numcodecs without exported symbols
             numcodecs.zstd.decompress(data, dest)
-        except (RuntimeError, ValueError) as exc:
+        except (RuntimeError, ValueError) as exc:  # pragma: no cover
             raise ValueError(f"zstd: {exc} (the chunk holds {dest.nbytes} bytes)") from None
         return dest
+
+
+def _zstd_has_checksum(frame: Any) -> bool:
+    """Whether a Zstd frame's header sets Content_Checksum_flag (byte 4, bit 2); the frame was size-checked."""
+    return bool(_u8(frame)[4] & 0x04)
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,9 +525,40 @@ class DecodeChain:
     stored_dtype: np.dtype | None = None  # dtype the bytes step produces (native order); None: ``dtype``
     bytes_dtype: np.dtype | None = None  # dtype the array steps receive (zarr's view of the bytes codec output)
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.chunk_shape, dtype=np.int64)) * self.dtype.itemsize
+    def __post_init__(self) -> None:
+        # per-chain constants, computed once: the hot path decodes thousands of chunks a batch
+        stored = self.stored_dtype or self.dtype
+        fixed = isinstance(self.bytes_step, BytesStep)
+        view_dtype = stored
+        if fixed and self.bytes_step.endian is not None and stored.itemsize > 1:
+            view_dtype = stored.newbyteorder("<" if self.bytes_step.endian == "little" else ">")
+        last = self.bytes_steps[-1] if self.bytes_steps else None
+        plain = fixed and not self.array_steps
+        constants = {
+            "nbytes": int(np.prod(self.chunk_shape, dtype=np.int64)) * self.dtype.itemsize,
+            "stored_nbytes": int(np.prod(self.stored_shape, dtype=np.int64)) * stored.itemsize,
+            "_fixed": fixed,
+            "_view_dtype": view_dtype,
+            "_view_target": self.bytes_dtype or _native(view_dtype),
+            "supports_partial_decode": plain and isinstance(last, BloscStep),
+            "supports_prefix_decode": plain and isinstance(last, ZstdStep) and _NATIVE,
+        }
+        for name, value in constants.items():
+            object.__setattr__(self, name, value)
+
+    #: decoded bytes of one chunk (``chunk_shape`` × ``dtype``)
+    nbytes: int = field(init=False, repr=False, compare=False)
+    #: bytes produced by the bytes→bytes steps (what the ``bytes`` codec reads)
+    stored_nbytes: int = field(init=False, repr=False, compare=False)
+    #: :meth:`decode` can decode only the Blosc blocks under given byte intervals (last step
+    #: Blosc, stored layout = chunk layout)
+    supports_partial_decode: bool = field(init=False, repr=False, compare=False)
+    #: :meth:`decode` can stop a Zstd frame once the bytes up to the last interval exist
+    #: (last step Zstd, stored layout = chunk layout, C decoder reachable)
+    supports_prefix_decode: bool = field(init=False, repr=False, compare=False)
+    _fixed: bool = field(init=False, repr=False, compare=False)
+    _view_dtype: np.dtype = field(init=False, repr=False, compare=False)
+    _view_target: np.dtype = field(init=False, repr=False, compare=False)
 
     @property
     def stored_itemsize(self) -> int:
@@ -512,15 +571,9 @@ class DecodeChain:
         return (*[s.name for s in reversed(self.array_steps)], first, *names)
 
     @property
-    def stored_nbytes(self) -> int:
-        """Bytes produced by the bytes→bytes steps (what the ``bytes`` codec reads)."""
-        return int(np.prod(self.stored_shape, dtype=np.int64)) * self.stored_itemsize
-
-    @property
-    def supports_partial_decode(self) -> bool:
-        """Whether :meth:`decode` can decode only part of a chunk (last step Blosc, stored layout = chunk layout)."""
-        return (bool(self.bytes_steps) and isinstance(self.bytes_steps[-1], BloscStep) and not self.array_steps
-                and isinstance(self.bytes_step, BytesStep))
+    def decodes_partially(self) -> bool:
+        """Whether :meth:`decode` makes use of ``intervals`` (partial Blosc or prefix Zstd decode)."""
+        return self.supports_partial_decode or self.supports_prefix_decode
 
     def decode(self, data: Any, *, key: str | Callable[[], str] = "", array: str = "",
                scratch: np.ndarray | None = None, intervals: Any = None) -> np.ndarray:
@@ -531,25 +584,31 @@ class DecodeChain:
         reused. ``intervals`` (byte ranges of the decoded chunk: sorted ``[start, stop)``
         pairs as :func:`gpuzarr.plan.planner.chunk_byte_intervals` gives them, or an (m, 2)
         array) promise that only those bytes will be read, so only the Blosc blocks under
-        them need decoding. Any failure (truncated data, bad header, checksum, wrong size,
-        more output than the chunk can hold) becomes a :class:`CorruptChunkError` naming
-        the array and key (``key`` may be a callable returning it, so the hot path never
-        builds a key no error needs).
+        them (:attr:`supports_partial_decode`) or the Zstd prefix up to the last of them
+        (:attr:`supports_prefix_decode`) need decoding. Any failure (truncated data, bad
+        header, checksum, wrong size, more output than the chunk can hold) becomes a
+        :class:`CorruptChunkError` naming the array and key (``key`` may be a callable
+        returning it, so the hot path never builds a key no error needs).
         """
         try:
             buf = data
-            last = len(self.bytes_steps) - 1
-            fixed = isinstance(self.bytes_step, BytesStep)
-            for i, step in enumerate(self.bytes_steps):
-                into = scratch is not None and i == last and fixed and scratch.nbytes == self.stored_nbytes
-                if into and isinstance(step, BloscStep):
+            steps = self.bytes_steps
+            fixed = self._fixed
+            last = len(steps) - 1
+            into = scratch is not None and fixed and scratch.nbytes == self.stored_nbytes
+            for i, step in enumerate(steps):
+                if into and i == last and type(step) is BloscStep:
                     buf = step.decode_into(buf, scratch, intervals if self.supports_partial_decode else None)
-                elif into and isinstance(step, ZstdStep):
-                    declared = zstd_content_size(_u8(buf))
+                elif into and i == last and type(step) is ZstdStep:
+                    view = _u8(buf)
+                    declared = zstd_content_size(view)
                     if declared is not None and declared != scratch.nbytes:
                         raise ValueError(f"zstd: frame header declares {declared} decoded bytes, "
                                          f"expected {scratch.nbytes}")
-                    buf = step.decode_into(_u8(buf), scratch)
+                    limit = None
+                    if intervals is not None and self.supports_prefix_decode and declared is not None:
+                        limit = _last_stop(intervals)
+                    buf = step.decode_into(view, scratch, limit)
                 else:
                     buf = step.decode(buf)
             if fixed:
@@ -573,18 +632,27 @@ class DecodeChain:
 
     def _view_stored(self, buf: Any) -> np.ndarray:
         """The bytes codec: view the decoded bytes as ``stored_shape`` elements in the stored byte order."""
-        raw = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.view(np.uint8).ravel()
-        stored = self.stored_dtype or self.dtype
-        if self.bytes_step.endian is not None and stored.itemsize > 1:
-            stored = stored.newbyteorder("<" if self.bytes_step.endian == "little" else ">")
-        expected = int(np.prod(self.stored_shape, dtype=np.int64)) * stored.itemsize
-        if raw.size != expected:
-            raise ValueError(f"decoded {raw.size} bytes, expected {expected} for shape {self.stored_shape}")
-        arr = raw.view(stored).reshape(self.stored_shape)
-        target = self.bytes_dtype or _native(stored)
-        if arr.dtype != target:
-            arr = arr.astype(target)
+        raw = buf if type(buf) is np.ndarray and buf.dtype == np.uint8 else _u8_array(buf)
+        if raw.size != self.stored_nbytes:
+            raise ValueError(f"decoded {raw.size} bytes, expected {self.stored_nbytes} for shape {self.stored_shape}")
+        arr = raw.view(self._view_dtype).reshape(self.stored_shape)
+        if arr.dtype != self._view_target:
+            arr = arr.astype(self._view_target)
         return arr
+
+
+def _u8_array(buf: Any) -> np.ndarray:
+    """Any decoded buffer as a flat uint8 array (no copy)."""
+    if isinstance(buf, np.ndarray):
+        return buf.view(np.uint8).ravel()
+    return np.frombuffer(buf, dtype=np.uint8)
+
+
+def _last_stop(intervals: Any) -> int:
+    """The end of the last byte interval (a list of ``[start, stop)`` pairs or an (m, 2) array)."""
+    if isinstance(intervals, np.ndarray):
+        return int(intervals.reshape(-1, 2)[:, 1].max()) if intervals.size else 0
+    return max((hi for _, hi in intervals), default=0)
 
 
 def _native(dtype: np.dtype) -> np.dtype:

@@ -21,7 +21,7 @@ import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain
 from gpuzarr.engines.base import EngineCapabilities
-from gpuzarr.plan.planner import BatchPlan, chunk_byte_intervals
+from gpuzarr.plan.planner import BatchPlan, chunk_byte_intervals, chunk_byte_limits
 from gpuzarr.settings import config
 from gpuzarr.storage.base import DeferredRead, DeferredReads
 from gpuzarr.threads import ThreadPool, cpu_pool
@@ -103,14 +103,24 @@ class CpuEngine:
         scratch_nbytes = chain.stored_nbytes
         # decoding only the needed Blosc blocks pays off once a chunk spans several blocks (chunks
         # below partial_decode.min_chunk_bytes hold few Blosc blocks: always decoded whole);
-        # the byte intervals every chunk's pieces read come from one NumPy pass over the batch
-        intervals = interval_offsets = None
+        # the byte intervals every chunk's pieces read come from one NumPy pass over the batch.
+        # A Zstd chunk is decoded front to back, so it stops after the last byte a piece reads.
+        intervals_of: Any = None  # chunk number -> the byte intervals its pieces read
         if chain.supports_partial_decode and scratch_nbytes >= config.get("partial_decode.min_chunk_bytes") and n:
             iv, iv_offsets = chunk_byte_intervals(plan, chain.chunk_shape, chain.dtype.itemsize)
-            intervals, interval_offsets = iv.tolist(), iv_offsets.tolist()
+            iv_list, iv_off = iv.tolist(), iv_offsets.tolist()
+
+            def intervals_of(u: int) -> Any:
+                return iv_list[iv_off[u]:iv_off[u + 1]]
+        elif chain.supports_prefix_decode and n:
+            limits = chunk_byte_limits(plan, chain.chunk_shape, chain.dtype.itemsize).tolist()
+
+            def intervals_of(u: int) -> Any:
+                return ((0, limits[u]),)
         deferred = encoded if isinstance(encoded, DeferredReads) else None
         decode = chain.decode
         input_for = self._input_for
+        scratch_for = self._scratch_for
 
         def assemble_chunk(u: int) -> None:
             if deferred is not None:
@@ -125,9 +135,8 @@ class CpuEngine:
                     full[dst_index[p]] = fill_value
                 return
             chunk = decode(data, key=functools.partial(keys.__getitem__, u), array=array_name,
-                           scratch=self._scratch_for(scratch_nbytes),
-                           intervals=None if intervals is None else
-                           intervals[interval_offsets[u]:interval_offsets[u + 1]])
+                           scratch=scratch_for(scratch_nbytes),
+                           intervals=None if intervals_of is None else intervals_of(u))
             for p in range(lo, hi):
                 full[dst_index[p]] = chunk[src_index[p]]
 

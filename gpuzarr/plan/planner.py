@@ -173,6 +173,12 @@ def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_nam
     """
     regions = _as_region_list(regions, array_name)
     shape = tuple(int(s) for s in shape)
+    fast = _plain_bounds(regions, shape)
+    return fast if fast is not None else _careful_bounds(regions, shape, array_name)
+
+
+def _careful_bounds(regions: Sequence[object], shape: tuple[int, ...], array_name: str) -> RegionBounds:
+    """:func:`normalize_regions` item by item: every accepted form, every refusal named."""
     ndim = len(shape)
     n = len(regions)
     starts = np.zeros((n, ndim), dtype=np.int64)
@@ -233,7 +239,12 @@ def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_nam
                 f"{array_name}: region {r} {_describe(region)} indexes axes {tuple(axes)} with integers "
                 f"but region 0 indexes {int_axes}; all regions of a batch must have one shape"
             )
-    if n:
+    _check_one_shape(starts, stops, regions, array_name)
+    return RegionBounds(starts=starts, stops=stops, squeeze_axes=int_axes or ())
+
+
+def _check_one_shape(starts: np.ndarray, stops: np.ndarray, regions: Sequence[object], array_name: str) -> None:
+    if len(starts):
         extents = stops - starts
         bad = np.flatnonzero((extents != extents[0]).any(axis=1))
         if bad.size:
@@ -243,7 +254,66 @@ def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_nam
                 f"but region 0 {_describe(regions[0])} has shape {tuple(extents[0].tolist())}; "
                 "all regions of a batch must have one shape"
             )
-    return RegionBounds(starts=starts, stops=stops, squeeze_axes=int_axes or ())
+
+
+def _plain_bounds(regions: Sequence[object], shape: tuple[int, ...]) -> RegionBounds | None:
+    """:func:`normalize_regions` for the common batch, or None to take the careful path.
+
+    The common batch: every region a tuple of one item per axis, each a Python ``int``
+    or a ``slice`` of ints/None with no step, the same kind on each axis in every
+    region, all in bounds. One light pass in Python collects the numbers, NumPy
+    checks them; anything else (NumPy ints, ``...``, steps, bad bounds, mixed kinds)
+    returns None and the careful path accepts it or names the problem.
+    """
+    ndim = len(shape)
+    if not regions or type(regions[0]) is not tuple or len(regions[0]) != ndim:
+        return None
+    kinds = tuple(type(item) for item in regions[0])
+    if any(k is not int and k is not slice for k in kinds):
+        return None
+    lows: list[int] = []
+    highs: list[int] = []
+    for region in regions:
+        if type(region) is not tuple or len(region) != ndim:
+            return None
+        for kind, item, size in zip(kinds, region, shape, strict=True):
+            if kind is int:
+                if type(item) is not int:
+                    return None
+                lows.append(item)
+                highs.append(item)  # replaced by start + 1 once negative indices are resolved
+                continue
+            if type(item) is not slice or item.step is not None:
+                return None
+            start, stop = item.start, item.stop
+            if start is None:
+                start = 0
+            elif type(start) is not int:
+                return None
+            if stop is None:
+                stop = size
+            elif type(stop) is not int:
+                return None
+            lows.append(start)
+            highs.append(stop)
+    n = len(regions)
+    size = np.asarray(shape, dtype=np.int64)
+    try:
+        lo = np.array(lows, dtype=np.int64).reshape(n, ndim)
+        hi = np.array(highs, dtype=np.int64).reshape(n, ndim)
+    except OverflowError:  # a bound beyond int64: the careful path names it
+        return None
+    is_int = np.asarray([k is int for k in kinds])
+    lo = np.where(lo < 0, lo + size, lo)
+    hi = np.where(hi < 0, hi + size, hi)
+    ok = np.where(is_int, (lo >= 0) & (lo < size), (lo >= 0) & (lo <= size) & (hi >= 0) & (hi <= size))
+    if not ok.all():
+        return None
+    hi = np.where(is_int, lo + 1, np.maximum(hi, lo))
+    extents = hi - lo
+    if (extents != extents[0]).any():
+        return None
+    return RegionBounds(starts=lo, stops=hi, squeeze_axes=tuple(np.flatnonzero(is_int).tolist()))
 
 
 def bounds_from_tables(
@@ -437,3 +507,18 @@ def chunk_byte_intervals(plan: BatchPlan, chunk_shape: Sequence[int], itemsize: 
     merged = np.stack([iv[starts, 0], hi_run[ends] - shift[starts]], axis=1)
     np.cumsum(np.bincount(chunk[starts], minlength=n_chunks), out=offsets[1:])
     return merged, offsets
+
+
+def chunk_byte_limits(plan: BatchPlan, chunk_shape: Sequence[int], itemsize: int) -> np.ndarray:
+    """For every chunk of ``plan``, one past the last byte (C order) any of its pieces reads.
+
+    A decoder that produces a chunk front to back (Zstd) can stop there. Pieces are
+    grouped by chunk (``chunk_piece_offsets``), so one ``reduceat`` per batch.
+    """
+    n_chunks = plan.n_chunks
+    if n_chunks == 0 or plan.n_pieces == 0:
+        return np.zeros(n_chunks, dtype=np.int64)
+    last = plan.piece_src_start + np.maximum(plan.piece_extent, 1) - 1
+    stop = (np.ravel_multi_index(tuple(last.T), tuple(int(c) for c in chunk_shape)) + 1) * itemsize
+    stop = np.where((plan.piece_extent > 0).all(axis=1), stop, 0)
+    return np.maximum.reduceat(stop, plan.chunk_piece_offsets[:-1].astype(np.intp))

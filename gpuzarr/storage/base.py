@@ -81,9 +81,14 @@ class DeferredRead:
 
     fetcher: ChunkFetcher
     key: str
+    #: a byte range of the object (``start``, ``length``) instead of all of it, when ``start >= 0``
+    start: int = -1
+    length: int = -1
 
     def load(self, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
-        """Read the object into ``buffer_for(size)`` (uint8); ``None`` when the key does not exist."""
+        """Read the object (or its range) into ``buffer_for(size)`` (uint8); ``None`` when the key does not exist."""
+        if self.start >= 0:
+            return self.fetcher.read_into(self.key, buffer_for, ByteRange(self.start, self.length))
         return self.fetcher.read_into(self.key, buffer_for)
 
 
@@ -105,7 +110,7 @@ class DeferredReads(Sequence[DeferredRead]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return [DeferredRead(self.fetcher, k) for k in self.keys[index]]
+            return [self[i] for i in range(len(self.keys))[index]]
         return DeferredRead(self.fetcher, self.keys[index])
 
     def load(self, index: int, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
@@ -172,13 +177,14 @@ class ChunkFetcher(Protocol):
         """
         return False
 
-    def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
-        """Read a whole object into ``buffer_for(size)``; returns the filled view, ``None`` if missing.
+    def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray],
+                  byte_range: Range = None) -> memoryview | None:
+        """Read an object (or ``byte_range`` of it) into ``buffer_for(size)``; the filled view, ``None`` if missing.
 
         The default goes through :meth:`fetch` and copies; fetchers that can do better
         set ``reads_into_buffers`` and override it.
         """
-        (data,) = self.fetch([key])
+        (data,) = self.fetch([key], [byte_range])
         if data is None:
             return None
         src = memoryview(data).cast("B")

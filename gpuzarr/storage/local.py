@@ -162,16 +162,18 @@ class LocalFileFetcher(ChunkFetcher):
 
     reads_into_buffers = True
 
-    def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray]) -> memoryview | None:
-        """Read a whole file into ``buffer_for(size)`` with ``os.preadv`` (no intermediate bytes object)."""
+    def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray],
+                  byte_range: Range = None) -> memoryview | None:
+        """Read a file (or ``byte_range`` of it) into ``buffer_for(size)`` with ``os.preadv`` (no bytes object)."""
 
         def read(fd: int, size: int) -> memoryview:
-            out = memoryview(buffer_for(size))[:size]
+            offset, length = (0, size) if byte_range is None else resolve_extent(key, size, byte_range)
+            out = memoryview(buffer_for(length))[:length]
             done = 0
-            while done < size:
-                n = os.preadv(fd, [out[done:]], done)
+            while done < length:
+                n = os.preadv(fd, [out[done:]], offset + done)
                 if n == 0:
-                    raise ShortReadError(f"chunk key {key!r}: read {done} of {size} bytes")
+                    raise ShortReadError(f"chunk key {key!r}: read {done} of {length} bytes at offset {offset}")
                 done += n
             return out
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain, build_decode_chain, build_v2_decode_chain
 from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
-from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredReads, SuffixRange
+from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredRead, DeferredReads, SuffixRange
 
 if TYPE_CHECKING:
     from gpuzarr.storage.buffers import DeviceBatch
@@ -213,6 +213,8 @@ class ChunkReader:
                 return self.fetcher.fetch_device(self.store_keys(coords))
             if deferred and self.fetcher.reads_into_buffers:
                 return DeferredReads(self.fetcher, self.store_keys(coords))
+        if self.cache is None and deferred and self.fetcher.reads_into_buffers:  # sharded
+            return self._deferred_inner_chunks(coords)
         cache_keys = None
         missing_idx = np.arange(len(coords))
         out: list[Buffer | None] = [None] * len(coords)
@@ -300,7 +302,15 @@ class ChunkReader:
             key=exc.key,
         )
 
-    def _read_inner_chunks(self, coords: np.ndarray) -> list[Buffer | None]:
+    def _inner_chunk_extents(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                np.ndarray, np.ndarray]:
+        """Where each inner chunk lies: ``(uniq, inverse, inner, offsets, lengths, present)``.
+
+        ``uniq`` are the distinct shard coordinates, ``inverse`` the shard of each chunk,
+        ``inner`` its coordinates inside the shard, ``offsets``/``lengths`` its bytes in
+        the shard from the (checked, cached) shard index, ``present`` False for an empty
+        entry or a missing shard.
+        """
         assert self.shard is not None
         cps = np.asarray(self.shard.chunks_per_shard, dtype=np.int64)
         shard_coords = coords // cps
@@ -319,6 +329,19 @@ class ChunkReader:
             offsets[members] = entries[:, 0]
             lengths[members] = entries[:, 1]
         present = offsets != _MAX_UINT64
+        return uniq, inverse, inner, offsets, lengths, present
+
+    def _deferred_inner_chunks(self, coords: np.ndarray) -> DeferredShardReads:
+        """The inner chunks as byte ranges of their shards, each read later by the thread that decodes it."""
+        uniq, inverse, inner, offsets, lengths, present = self._inner_chunk_extents(coords)
+        shard_keys = [self._store_key(c) for c in uniq.tolist()]
+        keys = [shard_keys[s] if p else None for s, p in zip(inverse.tolist(), present.tolist(), strict=True)]
+        return DeferredShardReads(self, keys, np.where(present, offsets, 0).astype(np.int64).tolist(),
+                                  lengths.astype(np.int64).tolist(), inner)
+
+    def _read_inner_chunks(self, coords: np.ndarray) -> list[Buffer | None]:
+        uniq, inverse, inner, offsets, lengths, present = self._inner_chunk_extents(coords)
+        n = len(coords)
         out: list[Buffer | None] = [None] * n
         idx = np.flatnonzero(present)
         if idx.size == 0:
@@ -365,6 +388,52 @@ class ChunkReader:
         for pos, g, r, ln in zip(idx.tolist(), group_id.tolist(), rel.tolist(), lens.tolist(), strict=True):
             out[pos] = views[g][r : r + ln]
         return out
+
+
+class DeferredShardReads(DeferredReads):
+    """Inner chunks of a batch as byte ranges of their shards, read by the decoding threads.
+
+    The shard indexes were read (and checked) when the batch was planned for reading;
+    each entry is then one ``pread`` of ``(shard key, offset, length)`` by the thread
+    that decodes it, so no thread hand-off and no intermediate copy per inner chunk. An
+    index that points past the end of its shard, or a shard removed since its index was
+    read, is a :class:`CorruptChunkError` naming the array, shard and inner chunk.
+    """
+
+    __slots__ = ("inner", "lengths", "reader", "starts")
+
+    def __init__(self, reader: ChunkReader, keys: list[str | None], starts: list[int], lengths: list[int],
+                 inner: np.ndarray) -> None:
+        super().__init__(reader.fetcher, keys)  # type: ignore[arg-type]
+        self.reader = reader
+        self.starts = starts
+        self.lengths = lengths
+        self.inner = inner
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self.keys))[index]]
+        key = self.keys[index]
+        return None if key is None else DeferredRead(self.fetcher, key, self.starts[index], self.lengths[index])
+
+    def load(self, index: int, buffer_for: Any) -> memoryview | None:
+        key = self.keys[index]
+        if key is None:
+            return None
+        start, length = self.starts[index], self.lengths[index]
+        try:
+            data = self.fetcher.read_into(key, buffer_for, ByteRange(start, length))
+        except RangeNotSatisfiableError as exc:
+            where = tuple(int(i) for i in self.inner[index])
+            raise CorruptChunkError(
+                f"{self.reader.array_name}: shard {key!r} is truncated or its index points past its end: inner "
+                f"chunk {where} has offset {start} and length {length}: {exc}", array=self.reader.array_name, key=key,
+            ) from exc
+        if data is None:
+            raise CorruptChunkError(
+                f"{self.reader.array_name}: shard {key!r} disappeared between reading its index and its chunks",
+                array=self.reader.array_name, key=key)
+        return data
 
 
 def decode_layout(codecs: tuple[Any, ...], chunk_spec: Any, array_name: str) -> tuple[DecodeChain, ShardLayout | None]:

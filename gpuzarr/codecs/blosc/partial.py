@@ -13,13 +13,11 @@ parser applies for the GPU path.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from typing import Any
 
-import numcodecs.blosc
 import numpy as np
 
+from gpuzarr.codecs import native
 from gpuzarr.codecs.blosc.format import (
     FLAG_MEMCPYED,
     HEADER_BYTES,
@@ -32,17 +30,9 @@ from gpuzarr.codecs.blosc.format import (
 from gpuzarr.settings import config
 
 
-@functools.cache
 def _getitem() -> Any:
-    """c-blosc's ``int blosc_getitem(const void *src, int start, int nitems, void *dest)``, or None."""
-    try:
-        lib = ctypes.CDLL(numcodecs.blosc.__file__)
-        fn = lib.blosc_getitem
-    except (OSError, AttributeError):  # pragma: no cover - a numcodecs built without exported symbols
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn
+    """c-blosc's ``blosc_getitem`` (through :mod:`gpuzarr.codecs.native`), or None when it cannot be called."""
+    return native.blosc_getitem_into if native.available() else None
 
 
 def partial_decode_available() -> bool:
@@ -102,23 +92,24 @@ def _check_blocks(src: np.ndarray, blocks: np.ndarray, *, nblocks: int, blocksiz
                          f"or has a stream outside the {cbytes}-byte chunk")
 
 
-def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any) -> bool:
+def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any,
+                       header: tuple[int, ...] | None = None) -> bool:
     """Decode the blocks of Blosc chunk ``view`` that ``intervals`` need into ``dest``.
 
-    ``dest`` is the whole decoded chunk (uint8, header-checked size); ``intervals`` as
-    for :func:`block_runs`. Bytes outside the
-    decoded blocks are left as they were. Returns False, having written nothing, when
-    decoding the whole chunk is the better (or only) option: partial decode unavailable,
-    a memcpyed chunk, sizes that are not whole items, or more than the
-    ``partial_decode.max_fraction`` setting of its blocks needed.
+    ``dest`` is the whole decoded chunk (uint8, header-checked size); ``header`` the
+    chunk's header fields ``(version, versionlz, flags, typesize, nbytes, blocksize,
+    cbytes)`` as the caller checked them (read here when not given); ``intervals`` as for :func:`block_runs`. Bytes
+    outside the decoded blocks are left as they were. Returns False, having written
+    nothing, when decoding the whole chunk is the better (or only) option: partial
+    decode unavailable, a memcpyed chunk, sizes that are not whole items, or more than
+    the ``partial_decode.max_fraction`` setting of its blocks needed.
     """
     getitem = _getitem()
     if getitem is None:
         return False
-    src = np.frombuffer(view, dtype=np.uint8)
-    head = read_header(src)
-    flags, typesize = int(head["flags"]), int(head["typesize"])
-    nbytes, blocksize, cbytes = int(head["nbytes"]), int(head["blocksize"]), int(head["cbytes"])
+    if header is None:
+        header = tuple(int(x) for x in read_header(view).tolist())
+    _, _, flags, typesize, nbytes, blocksize, cbytes = header
     if (flags & FLAG_MEMCPYED or typesize < 1 or blocksize <= 0 or nbytes <= 0
             or blocksize % typesize or nbytes % typesize):
         return False
@@ -129,11 +120,12 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any) -> bo
     n_needed = sum(b1 - b0 for b0, b1 in runs)
     if n_needed >= config.get("partial_decode.max_fraction") * nblocks:  # then the whole chunk is cheaper
         return False
+    src = np.frombuffer(view, dtype=np.uint8)
     blocks = np.fromiter((b for b0, b1 in runs for b in range(b0, b1)), dtype=np.int64)
     _check_blocks(src, blocks, nblocks=nblocks, blocksize=blocksize, nbytes=nbytes, typesize=typesize,
                   flags=flags, cbytes=cbytes)
-    src_ptr = src.ctypes.data
-    dest_ptr = dest.ctypes.data
+    src_ptr = native.address(src)
+    dest_ptr = native.address(dest)
     for b0, b1 in runs:
         lo = b0 * blocksize
         hi = min(b1 * blocksize, nbytes)

@@ -1,0 +1,142 @@
+"""numcodecs' C decoders called through ctypes (gpuzarr.codecs.native) against numcodecs' Python API.
+
+Zstd prefix decode, whole-frame decode, checksummed frames, truncated and oversized
+frames; Blosc whole-chunk decode; and the CPU engine's use of the Zstd prefix against
+zarr-python on random crops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpuzarr
+from gpuzarr.codecs import native
+from gpuzarr.codecs.chain import ZstdStep
+from gpuzarr.errors import CorruptChunkError
+from gpuzarr.plan.planner import _careful_bounds, _plain_bounds
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="numcodecs built without exported C symbols")
+
+
+def _data(seed: int, n: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.integers(-3, 4, n)).astype(np.int16).tobytes()[:n]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 300_000), level=st.integers(1, 19),
+       frac=st.floats(0.0, 1.0), checksum=st.booleans())
+def test_zstd_prefix_equals_the_front_of_the_whole_frame(seed: int, n: int, level: int, frac: float,
+                                                         checksum: bool) -> None:
+    raw = _data(seed, n)
+    frame = zstandard.ZstdCompressor(level=level, write_checksum=checksum).compress(raw)
+    limit = int(frac * n)
+    dest = np.full(n, 0xAB, dtype=np.uint8)
+    ZstdStep(cap=n, exact=True).decode_into(frame, dest, limit)
+    got = dest.tobytes()
+    assert got[:limit] == raw[:limit]
+    if checksum or limit == n:  # a checksummed frame is always decoded whole (its checksum verified)
+        assert got == raw
+    whole = np.empty(n, dtype=np.uint8)
+    native.zstd_decompress_into(frame, whole)
+    assert whole.tobytes() == raw
+
+
+def test_zstd_checksummed_frame_with_a_bad_checksum_fails_even_when_a_prefix_is_asked() -> None:
+    raw = _data(1, 50_000)
+    frame = bytearray(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(raw))
+    frame[-1] ^= 0xFF
+    with pytest.raises(ValueError, match="zstd"):
+        ZstdStep(cap=len(raw), exact=True).decode_into(bytes(frame), np.empty(len(raw), np.uint8), 10)
+
+
+@pytest.mark.parametrize("limit", [None, 1000, 49_999])
+def test_zstd_frames_of_the_wrong_size_or_truncated_are_errors(limit: int | None) -> None:
+    raw = _data(2, 50_000)
+    frame = zstandard.ZstdCompressor(level=3).compress(raw)
+    with pytest.raises(ValueError, match="zstd"):  # decodes to more than the destination holds
+        native.zstd_decompress_into(frame, np.empty(40_000, np.uint8), None if limit is None else min(limit, 39_999))
+    with pytest.raises(ValueError, match="zstd"):  # fewer bytes than the destination
+        native.zstd_decompress_into(frame, np.empty(60_000, np.uint8), limit)
+    if limit is None or limit > 40_000:
+        with pytest.raises(ValueError, match="zstd"):  # cut off
+            native.zstd_decompress_into(frame[: len(frame) // 2], np.empty(50_000, np.uint8), limit)
+
+
+def test_blosc_whole_chunk_matches_numcodecs() -> None:
+    rng = np.random.default_rng(3)
+    for cname in ("lz4", "zstd", "zlib", "blosclz"):
+        for shuffle in (0, 1, 2):
+            arr = np.cumsum(rng.normal(size=70_001)).astype(np.float32)
+            enc = numcodecs.Blosc(cname=cname, shuffle=shuffle, blocksize=1 << 14).encode(arr)
+            dest = np.empty(arr.nbytes, np.uint8)
+            native.blosc_decompress_into(enc, arr.nbytes, dest)
+            np.testing.assert_array_equal(dest.view(np.float32), arr)
+    with pytest.raises(ValueError, match="blosc"):
+        native.blosc_decompress_into(enc, arr.nbytes + 4, np.empty(arr.nbytes + 4, np.uint8))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 1000), shards=st.booleans(), checksum=st.booleans())
+def test_zstd_crops_read_with_prefix_decode_equal_zarr(tmp_path_factory: pytest.TempPathFactory, seed: int,
+                                                      shards: bool, checksum: bool) -> None:
+    path = Path(tmp_path_factory.mktemp("prefix")) / "a.zarr"
+    rng = np.random.default_rng(seed)
+    arr = zarr.create_array(str(path), shape=(3, 70, 90), chunks=(1, 16, 32), dtype="int32",
+                            shards=(1, 32, 64) if shards else None, fill_value=-5,
+                            compressors=zarr.codecs.ZstdCodec(level=3, checksum=checksum))
+    arr[:2] = rng.integers(-1000, 1000, size=(2, 70, 90))
+    handle = gpuzarr.open_array(str(path))
+    assert handle.chain.supports_prefix_decode
+    regions = []
+    for _ in range(12):
+        y, x = int(rng.integers(0, 70 - 20)), int(rng.integers(0, 90 - 25))
+        regions.append((int(rng.integers(0, 3)), slice(y, y + 20), slice(x, x + 25)))
+    np.testing.assert_array_equal(handle.read_batch(regions, device="cpu"), np.stack([arr[r] for r in regions]))
+
+
+def test_truncated_zstd_chunk_is_named_on_the_prefix_path(tmp_path: Path) -> None:
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=(64, 64), chunks=(64, 64), dtype="int32",
+                            compressors=zarr.codecs.ZstdCodec(level=3))
+    arr[:] = np.arange(64 * 64).reshape(64, 64)
+    chunk = tmp_path / "a.zarr" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    with pytest.raises(CorruptChunkError, match="c/0/0"):
+        gpuzarr.open_array(str(tmp_path / "a.zarr")).read_batch([(slice(0, 2), slice(0, 5))], device="cpu")
+
+
+_item = st.one_of(
+    st.integers(-12, 12),
+    st.builds(slice, st.one_of(st.none(), st.integers(-12, 12)), st.one_of(st.none(), st.integers(-12, 12))),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=st.lists(st.integers(1, 10), min_size=1, max_size=4), data=st.data())
+def test_plain_bounds_fast_path_agrees_with_the_careful_path(shape: list[int], data: st.DataObject) -> None:
+    first = tuple(data.draw(_item) for _ in shape)
+    kinds = [type(x) for x in first]
+    n = data.draw(st.integers(1, 4))
+    regions = [first] + [tuple(data.draw(st.integers(-12, 12)) if k is int else data.draw(_item) for k in kinds)
+                         for _ in range(n - 1)]
+    fast = _plain_bounds(regions, tuple(shape))
+    try:
+        careful = _careful_bounds(regions, tuple(shape), "a")
+    except gpuzarr.RegionError:
+        assert fast is None  # the fast path never accepts what the careful path refuses
+        return
+    if fast is not None:
+        np.testing.assert_array_equal(fast.starts, careful.starts)
+        np.testing.assert_array_equal(fast.stops, careful.stops)
+        assert fast.squeeze_axes == careful.squeeze_axes
+        expect = np.zeros(shape)[first]
+        assert tuple(int(e) for d, e in enumerate(careful.stops[0] - careful.starts[0])
+                     if d not in careful.squeeze_axes) == expect.shape
