@@ -188,23 +188,29 @@ class _CodecClock:
 
     def __enter__(self) -> Self:
         import numcodecs.blosc
+        import numcodecs.zstd
 
         from gpuzarr.codecs import chain
 
-        try:
-            from gpuzarr.codecs.blosc import partial as blosc_native
-        except ImportError:  # an older tree (to measure "before")
-            from gpuzarr.codecs import blosc_native  # type: ignore[no-redef]
-
         self._patch(numcodecs.blosc, "decompress", self._timed(numcodecs.blosc.decompress))
-        getitem = blosc_native._getitem()
-        if getitem is not None:
-            timed_getitem = self._timed(getitem)
-            self._patch(blosc_native, "_getitem", lambda: timed_getitem)
-        self._patch(chain, "_crc32c_value", self._timed(chain._crc32c_value))
-        import numcodecs.zstd
-
         self._patch(numcodecs.zstd, "decompress", self._timed(numcodecs.zstd.decompress))
+        try:  # the C decoders called through ctypes (absent in an older tree)
+            from gpuzarr.codecs import native
+        except ImportError:
+            native = None  # type: ignore[assignment]
+        if native is not None:
+            for name in ("blosc_decompress_into", "blosc_getitem_into", "zstd_decompress_into"):
+                self._patch(native, name, self._timed(getattr(native, name)))
+        else:  # an older tree: blosc_getitem reached through the partial-decode module
+            try:
+                from gpuzarr.codecs.blosc import partial as blosc_native
+            except ImportError:
+                from gpuzarr.codecs import blosc_native  # type: ignore[no-redef]
+            getitem = blosc_native._getitem()
+            if getitem is not None:
+                timed_getitem = self._timed(getitem)
+                self._patch(blosc_native, "_getitem", lambda: timed_getitem)
+        self._patch(chain, "_crc32c_value", self._timed(chain._crc32c_value))
         if hasattr(chain, "_stream_decode"):  # gzip/zlib/bz2/lzma: capped streaming decoders
             self._patch(chain, "_stream_decode", self._timed(chain._stream_decode))
         for name in ("_ZSTD", "_GZIP"):  # an older tree (to measure "before")

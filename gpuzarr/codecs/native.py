@@ -93,11 +93,22 @@ def available() -> bool:
     return _blosc() is not None and _zstd() is not None
 
 
+_char_from_buffer = ctypes.c_char.from_buffer
+_addressof = ctypes.addressof
+
+
 def address(buf: Any) -> int:
-    """Address of the first byte of a contiguous buffer (NumPy array, bytes, memoryview)."""
-    if not isinstance(buf, np.ndarray):
-        buf = np.frombuffer(buf, dtype=np.uint8)
-    return buf.__array_interface__["data"][0]
+    """Address of the first byte of a contiguous buffer (NumPy array, bytes, memoryview).
+
+    Writable buffers (the decoding threads' reused arrays) go through ctypes, the
+    cheapest route; read-only ones (``bytes``) and empty ones through NumPy.
+    """
+    try:
+        return _addressof(_char_from_buffer(buf))
+    except (TypeError, ValueError):
+        if not isinstance(buf, np.ndarray):
+            buf = np.frombuffer(buf, dtype=np.uint8)
+        return buf.__array_interface__["data"][0]
 
 
 # ------------------------------------------------------------------ blosc

@@ -28,12 +28,18 @@ from gpuzarr.threads import ThreadPool, cpu_pool
 
 
 def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | None) -> list[tuple]:
-    """One index tuple of slices per piece (``region`` first when given), built from whole-array tables."""
-    lo = start.tolist()
-    hi = (start + extent).tolist()
+    """One index tuple of slices per piece (``region`` first when given), built from whole-array tables.
+
+    The slices of all pieces are made in one pass (``map`` over flat lists, no per-axis
+    Python loop), then cut into one tuple per piece.
+    """
+    n, ndim = start.shape
+    lo = start.ravel().tolist()
+    hi = (start + extent).ravel().tolist()
+    slices = list(map(slice, lo, hi))
     if region is None:
-        return [tuple(map(slice, a, b)) for a, b in zip(lo, hi, strict=True)]
-    return [(r, *map(slice, a, b)) for r, a, b in zip(region.tolist(), lo, hi, strict=True)]
+        return [tuple(slices[i:i + ndim]) for i in range(0, n * ndim, ndim)]
+    return [(r, *slices[i * ndim:(i + 1) * ndim]) for i, r in enumerate(region.tolist())]
 
 
 class CpuEngine:
