@@ -34,6 +34,8 @@ def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | N
     Python loop), then cut into one tuple per piece.
     """
     n, ndim = start.shape
+    if ndim == 0:  # 0-d chunks: every piece is the whole (empty) index
+        return [() if region is None else (r,) for r in (region.tolist() if region is not None else [None] * n)]
     lo = start.ravel().tolist()
     hi = (start + extent).ravel().tolist()
     slices = list(map(slice, lo, hi))

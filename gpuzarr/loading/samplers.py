@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from gpuzarr.errors import RegionError
+from gpuzarr.plan.planner import RegionTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,20 +51,13 @@ def _crop_axes(shape: Sequence[int], size: Sequence[int | None]) -> tuple[int, .
     return tuple(extent)
 
 
-def _to_regions(starts: np.ndarray, extent: Sequence[int], lead: int) -> list[tuple[Any, ...]]:
-    """Regions from a (n, ndim) start table: axis 0 as an integer when it is a leading axis."""
-    out: list[tuple[Any, ...]] = []
-    for row in starts.tolist():
-        items: list[Any] = []
-        for d, s in enumerate(row):
-            if d == 0 and lead > 0:
-                items.append(s)
-            elif d < lead:
-                items.append(slice(None))
-            else:
-                items.append(slice(s, s + extent[d]))
-        out.append(tuple(items))
-    return out
+def _to_regions(starts: np.ndarray, extent: Sequence[int], lead: int, shape: Sequence[int]) -> RegionTable:
+    """Regions from a (n, ndim) start table: axis 0 as an integer when it is a leading axis, other leading axes whole.
+
+    Handed to the planner as the table itself (:class:`~gpuzarr.plan.planner.RegionTable`).
+    """
+    full = [1 if (d == 0 and lead > 0) else (int(shape[d]) if d < lead else int(extent[d])) for d in range(len(shape))]
+    return RegionTable(starts, full, (0,) if lead > 0 else (), range(1, lead))
 
 
 def _shard_for_rank(n: int, rank: int, world_size: int) -> np.ndarray:
@@ -91,7 +84,7 @@ class RandomCrops:
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,))
 
-    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> list[tuple]:
+    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> RegionTable:
         extent = _crop_axes(shape, self.size)
         lead = len(shape) - len(self.size)
         n = self.samples_per_epoch
@@ -108,7 +101,7 @@ class RandomCrops:
             else:
                 cols.append(np.zeros(n, dtype=np.int64))
         starts = np.stack(cols, axis=1)[_shard_for_rank(n, rank, world_size)]
-        return _to_regions(starts, extent, lead)
+        return _to_regions(starts, extent, lead, shape)
 
 
 @dataclass(frozen=True)
@@ -128,7 +121,7 @@ class GridPatches:
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,))
 
-    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> list[tuple]:
+    def regions(self, shape: Sequence[int], epoch: int = 0, rank: int = 0, world_size: int = 1) -> RegionTable:
         extent = _crop_axes(shape, self.size)
         lead = len(shape) - len(self.size)
         stride = self.stride or tuple(extent[lead:])
@@ -144,4 +137,4 @@ class GridPatches:
         if self.shuffle:
             grid = grid[np.random.default_rng([self.seed, epoch]).permutation(len(grid))]
         starts = grid[_shard_for_rank(len(grid), rank, world_size)]
-        return _to_regions(starts, extent, lead)
+        return _to_regions(starts, extent, lead, shape)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuzarr.plan.planner import RegionTable
+
 
 def rank_positions(n: int, rank: int, world_size: int, *, even: bool = True) -> np.ndarray:
     """Positions (sample ids) of rank ``rank``'s share of an ``n``-sample epoch, padded to equal length when ``even``."""
@@ -51,7 +53,7 @@ class EpochShare:
 
     epoch: int
     positions: np.ndarray
-    regions: list[tuple[Any, ...]]
+    regions: Sequence[tuple[Any, ...]]  # a RegionTable from gpuzarr's samplers
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -75,9 +77,12 @@ class Schedule:
         with self._lock:
             got = self._cache.get(epoch)
             if got is None:
-                whole = list(self.sampler.regions(self.shape, epoch, 0, 1))
+                whole = self.sampler.regions(self.shape, epoch, 0, 1)
+                if not isinstance(whole, RegionTable):  # a user's sampler: any sequence of region tuples
+                    whole = list(whole)
                 positions = rank_positions(len(whole), self.rank, self.world_size, even=self.even_ranks)
-                got = EpochShare(epoch, positions, [whole[p] for p in positions.tolist()])
+                got = EpochShare(epoch, positions, whole[positions] if isinstance(whole, RegionTable)
+                                 else [whole[p] for p in positions.tolist()])
                 if len(self._cache) >= 2:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[epoch] = got

@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Any
 
 from gpuzarr.errors import RegionError
+from gpuzarr.plan.planner import RegionTable
 
 Allocator = Callable[[str | None, tuple[int, ...], Any], Any]
 
@@ -114,7 +115,7 @@ class ArraySet:
 
     def regions_for(self, name: str | None, regions: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         if self.factors[name] == 1:
-            return [tuple(r) for r in regions]
+            return regions if isinstance(regions, RegionTable) else [tuple(r) for r in regions]
         return [self.map_region(name, r) for r in regions]
 
     # ------------------------------------------------------------ reading

@@ -31,6 +31,64 @@ import numpy as np
 from gpuzarr.errors import RegionError
 
 
+class RegionTable(Sequence[tuple[Any, ...]]):
+    """Equal-shape regions held as a start table: what samplers produce, read by the planner as it is.
+
+    ``starts`` is (n, ndim) integer starts, ``extent`` the one region shape (ndim,),
+    ``squeeze_axes`` the axes indexed by an integer (extent 1, dropped from the batch),
+    ``whole_axes`` axes shown as ``slice(None)`` in the tuples (their start is 0 and
+    extent the axis length). It is a sequence of region tuples for any code that wants them (``table[i]``,
+    iteration, ``==`` with a list of tuples), but :func:`normalize_regions` takes the
+    table straight to :func:`bounds_from_tables`: no tuple is built and parsed back.
+    Slicing it, or indexing it with an integer array, gives another table.
+    """
+
+    __slots__ = ("extent", "squeeze_axes", "starts", "whole_axes")
+
+    def __init__(self, starts: np.ndarray, extent: Sequence[int], squeeze_axes: Sequence[int] = (),
+                 whole_axes: Sequence[int] = ()) -> None:
+        self.starts = np.asarray(starts, dtype=np.int64).reshape(len(starts), -1) if len(starts) else \
+            np.zeros((0, len(extent)), dtype=np.int64)
+        self.extent = tuple(int(e) for e in extent)
+        self.squeeze_axes = tuple(int(a) for a in squeeze_axes)
+        self.whole_axes = tuple(int(a) for a in whole_axes)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _region(self, row: list[int]) -> tuple[Any, ...]:
+        squeeze, whole = self.squeeze_axes, self.whole_axes
+        return tuple(s if d in squeeze else slice(None) if d in whole else slice(s, s + e)
+                     for d, (s, e) in enumerate(zip(row, self.extent, strict=True)))
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (slice, np.ndarray, list)):
+            return RegionTable(self.starts[index], self.extent, self.squeeze_axes, self.whole_axes)
+        return self._region(self.starts[index].tolist())
+
+    def __iter__(self) -> Any:
+        return map(self._region, self.starts.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RegionTable):
+            return (self.extent, self.squeeze_axes, self.whole_axes) == (
+                other.extent, other.squeeze_axes, other.whole_axes) and np.array_equal(self.starts, other.starts)
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RegionTable({len(self)} regions of extent {self.extent}, squeezed axes {self.squeeze_axes})"
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self.starts, self.extent, self.squeeze_axes, self.whole_axes
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.starts, self.extent, self.squeeze_axes, self.whole_axes = state
+
+
 @dataclass(frozen=True, slots=True)
 class RegionBounds:
     """Regions as arrays: ``starts``/``stops`` of shape (R, ndim) plus the integer-indexed axes."""
@@ -171,6 +229,8 @@ def normalize_regions(regions: Sequence[object], shape: Sequence[int], array_nam
 
     Raises :class:`RegionError` naming the array, the region and the bounds.
     """
+    if isinstance(regions, RegionTable):
+        return bounds_from_tables(regions.starts, regions.extent, regions.squeeze_axes, shape, array_name)
     regions = _as_region_list(regions, array_name)
     shape = tuple(int(s) for s in shape)
     fast = _plain_bounds(regions, shape)
@@ -518,6 +578,8 @@ def chunk_byte_limits(plan: BatchPlan, chunk_shape: Sequence[int], itemsize: int
     n_chunks = plan.n_chunks
     if n_chunks == 0 or plan.n_pieces == 0:
         return np.zeros(n_chunks, dtype=np.int64)
+    if len(chunk_shape) == 0:  # a 0-d array: its one element
+        return np.full(n_chunks, itemsize, dtype=np.int64)
     last = plan.piece_src_start + np.maximum(plan.piece_extent, 1) - 1
     stop = (np.ravel_multi_index(tuple(last.T), tuple(int(c) for c in chunk_shape)) + 1) * itemsize
     stop = np.where((plan.piece_extent > 0).all(axis=1), stop, 0)
