@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuzarr.errors import DeviceUnavailableError
+from gpuzarr.errors import ConfigurationError, DeviceUnavailableError
 from gpuzarr.loading.loader import Cut, EpochLoader
 
 __all__ = ["ExternalSource", "pipeline"]
@@ -100,7 +100,7 @@ class ExternalSource:
                  prefetch_queue_depth: int = 2, prefetch_batches: int = 2, rank: int | None = None,
                  world_size: int | None = None, **options: Any) -> None:
         if device not in ("gpu", "cpu"):
-            raise ValueError(f"device must be 'gpu' or 'cpu', not {device!r}")
+            raise ConfigurationError(f"device must be 'gpu' or 'cpu', not {device!r}")
         self.device = device
         self.cuda_stream: Any = None
         if device == "gpu":
@@ -171,7 +171,7 @@ class ExternalSource:
         if consumed_batches is None:
             return self.loader.state_dict()
         if not 0 <= consumed_batches <= len(self._ends):
-            raise ValueError(f"consumed_batches={consumed_batches}, but {len(self._ends)} batches of this epoch "
+            raise ConfigurationError(f"consumed_batches={consumed_batches}, but {len(self._ends)} batches of this epoch "
                              "were handed to DALI")
         sample = self._ends[consumed_batches - 1] if consumed_batches else self._started_at
         return {"epoch": self.loader.epoch, "sample": sample}
@@ -200,7 +200,7 @@ def pipeline(arrays: Any, sampler: Any, batch_size: int, *, device: str = "gpu",
     from nvidia.dali.pipeline import Pipeline
 
     if device == "gpu" and device_id is None:
-        raise ValueError("device='gpu' needs a device_id; device_id=None is for CPU-only pipelines")
+        raise ConfigurationError("device='gpu' needs a device_id; device_id=None is for CPU-only pipelines")
     source = ExternalSource(arrays, sampler, batch_size, device=device, prefetch_queue_depth=prefetch_queue_depth,
                             **source_options)
     pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
@@ -217,7 +217,7 @@ def pipeline(arrays: Any, sampler: Any, batch_size: int, *, device: str = "gpu",
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         if flip or mean is not None or std is not None:
             if layout is None or "W" not in layout:
-                raise ValueError(f"flip / mean / std need a layout with a W axis (samples have {sample_ndim} axes)")
+                raise ConfigurationError(f"flip / mean / std need a layout with a W axis (samples have {sample_ndim} axes)")
             mirror = fn.random.coin_flip(probability=0.5) if flip else 0
             norm: dict[str, Any] = {}
             if mean is not None:

@@ -46,7 +46,7 @@ import torch
 import torch.utils.data
 
 from gpuzarr.engines.base import resolve_device
-from gpuzarr.errors import DeviceUnavailableError
+from gpuzarr.errors import ConfigurationError, DeviceUnavailableError
 from gpuzarr.loading.loader import Cut, EpochLoader
 from gpuzarr.loading.samplers import DistributedContext
 from gpuzarr.loading.schedule import Schedule, batch_bounds, batches_per_epoch
@@ -66,7 +66,7 @@ def _resolve_target(device: Any) -> tuple[torch.device, str]:
     if target.type == "cpu":
         return target, "cpu"
     if target.type != "cuda":
-        raise ValueError(f"device must be 'auto', 'cpu' or a CUDA device, not {device!r}")
+        raise ConfigurationError(f"device must be 'auto', 'cpu' or a CUDA device, not {device!r}")
     if not torch.cuda.is_available():
         raise DeviceUnavailableError(f"device={device!r} was requested but torch sees no CUDA device")
     if target.index is None:
@@ -184,9 +184,9 @@ class ZarrLoader(EpochLoader):
                          transform=transform, scale=scale, prefetch_batches=prefetch_batches, metadata=metadata,
                          **options)
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, not {num_workers}")
+            raise ConfigurationError(f"num_workers must be >= 0, not {num_workers}")
         if num_workers and (self.adaptive is not None or self.prefetch_chunks):
-            raise ValueError("num_workers > 0 reads fixed batches in worker processes; adaptive batch sizes and "
+            raise ConfigurationError("num_workers > 0 reads fixed batches in worker processes; adaptive batch sizes and "
                              "prefetch_chunks work with num_workers=0 (the reading thread)")
         self.num_workers = num_workers
         self.multiprocessing_context = multiprocessing_context

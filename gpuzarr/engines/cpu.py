@@ -21,6 +21,7 @@ import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain
 from gpuzarr.engines.base import EngineCapabilities
+from gpuzarr.errors import ConfigurationError
 from gpuzarr.plan.planner import BatchPlan, chunk_byte_intervals, chunk_byte_limits
 from gpuzarr.settings import config
 from gpuzarr.storage.base import DeferredRead, DeferredReads
@@ -99,7 +100,7 @@ class CpuEngine:
         full_shape = (plan.n_regions, *plan.region_shape)
         if out is not None:
             if tuple(out.shape) != plan.out_shape or out.dtype != chain.dtype:
-                raise ValueError(f"out has shape {out.shape} {out.dtype}, need {plan.out_shape} {chain.dtype}")
+                raise ConfigurationError(f"out has shape {out.shape} {out.dtype}, need {plan.out_shape} {chain.dtype}")
             full = out.reshape(full_shape)
         else:
             full = np.empty(full_shape, dtype=chain.dtype)

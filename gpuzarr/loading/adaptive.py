@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuzarr.errors import ConfigurationError
+
 
 def free_memory_bytes(device: str = "cpu", index: int = 0) -> int:
     """Free memory where batches live: NVML's free device memory for ``"cuda"``, host available otherwise."""
@@ -62,9 +64,9 @@ class AdaptiveBatchSize:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_size <= self.max_size:
-            raise ValueError(f"need 1 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+            raise ConfigurationError(f"need 1 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
         if self.growth <= 1 or self.window < 1 or not 0 < self.memory_fraction <= 1 or self.in_flight < 1:
-            raise ValueError("growth must be > 1, window >= 1, 0 < memory_fraction <= 1, in_flight >= 1")
+            raise ConfigurationError("growth must be > 1, window >= 1, 0 < memory_fraction <= 1, in_flight >= 1")
         start = self.min_size if self.start is None else self.start
         self.size = min(self.max_size, max(self.min_size, int(start)))
         if self.device == "auto":

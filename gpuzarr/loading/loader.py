@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gpuzarr.errors import ConfigurationError
 from gpuzarr.loading.samplers import DistributedContext, GridPatches, RandomCrops
 from gpuzarr.loading.schedule import EpochShare, Schedule, batch_bounds, batches_per_epoch
 from gpuzarr.loading.sources import ArraySet
@@ -163,12 +164,12 @@ class Loader:
         stream: Any = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+            raise ConfigurationError(f"batch_size must be >= 1, not {batch_size}")
         self.source = ArraySet(arrays, scale, transform)
         if prefetch_chunks:
             for name, arr in self.source.arrays.items():
                 if getattr(arr, "cache", None) is None:
-                    raise ValueError(f"prefetch_chunks needs arrays opened with a cache ({name or 'the array'} has "
+                    raise ConfigurationError(f"prefetch_chunks needs arrays opened with a cache ({name or 'the array'} has "
                                      "none), e.g. gpuzarr.open_array(url, cache=gpuzarr.PinnedLRUCache(1 << 30))")
         self.array = self.source.primary
         self.arrays = arrays
@@ -193,11 +194,11 @@ class Loader:
         self.schedule = Schedule(sampler, self.source.shape, self.rank, self.world_size, even_ranks=even_ranks)
         if adaptive is not None:
             if self.world_size > 1:
-                raise ValueError("adaptive batch sizes would give DDP ranks different numbers of batches "
+                raise ConfigurationError("adaptive batch sizes would give DDP ranks different numbers of batches "
                                  "(a hang in the first collective after the shortest rank stops); "
                                  "use a fixed batch_size with several ranks")
             if drop_last:
-                raise ValueError("drop_last with an adaptive batch size would drop a varying number of samples; "
+                raise ConfigurationError("drop_last with an adaptive batch size would drop a varying number of samples; "
                                  "adaptive batching keeps every sample of the epoch")
         self.adaptive = adaptive
         self._epoch = 0

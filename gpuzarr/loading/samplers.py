@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpuzarr.errors import RegionError
+from gpuzarr.errors import ConfigurationError, RegionError
 from gpuzarr.plan.planner import RegionTable
 
 
@@ -62,7 +62,7 @@ def _to_regions(starts: np.ndarray, extent: Sequence[int], lead: int, shape: Seq
 
 def _shard_for_rank(n: int, rank: int, world_size: int) -> np.ndarray:
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
+        raise ConfigurationError(f"rank {rank} is outside world size {world_size}")
     return np.arange(rank, n, world_size)
 
 

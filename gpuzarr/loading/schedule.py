@@ -27,15 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from gpuzarr.errors import ConfigurationError
 from gpuzarr.plan.planner import RegionTable
 
 
 def rank_positions(n: int, rank: int, world_size: int, *, even: bool = True) -> np.ndarray:
     """Positions (sample ids) of rank ``rank``'s share of an ``n``-sample epoch, padded to equal length when ``even``."""
     if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, not {world_size}")
+        raise ConfigurationError(f"world_size must be >= 1, not {world_size}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
+        raise ConfigurationError(f"rank {rank} is outside world size {world_size}")
     own = np.arange(rank, n, world_size, dtype=np.int64)
     if not even or world_size == 1 or n == 0:
         return own
@@ -64,7 +65,7 @@ class Schedule:
 
     def __init__(self, sampler: Any, shape: Sequence[int], rank: int, world_size: int, *, even_ranks: bool = True):
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+            raise ConfigurationError(f"rank {rank} is outside world size {world_size}")
         self.sampler = sampler
         self.shape = tuple(shape)
         self.rank = rank
@@ -105,7 +106,7 @@ def batch_bounds(n: int, batch_size: int, drop_last: bool, start: int = 0) -> li
     run that never stopped.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        raise ConfigurationError(f"batch_size must be >= 1, not {batch_size}")
     end = (n // batch_size) * batch_size if drop_last else n
     out = []
     lo = start

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from gpuzarr.errors import RegionError
+from gpuzarr.errors import ConfigurationError, RegionError
 from gpuzarr.plan.planner import RegionTable
 
 Allocator = Callable[[str | None, tuple[int, ...], Any], Any]
@@ -32,9 +32,9 @@ def _fraction(value: Any, name: str) -> Fraction:
     try:
         frac = Fraction(value).limit_denominator(1 << 16)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"scale for {name!r} must be a positive number, not {value!r}") from exc
+        raise ConfigurationError(f"scale for {name!r} must be a positive number, not {value!r}") from exc
     if frac <= 0:
-        raise ValueError(f"scale for {name!r} must be a positive number, not {value!r}")
+        raise ConfigurationError(f"scale for {name!r} must be a positive number, not {value!r}")
     return frac
 
 
@@ -44,7 +44,7 @@ class ArraySet:
     def __init__(self, arrays: Any, scale: Mapping[str, Any] | None = None, transform: Any = None) -> None:
         if isinstance(arrays, Mapping):
             if not arrays:
-                raise ValueError("arrays is an empty dict; pass one array handle or a dict name -> handle")
+                raise ConfigurationError("arrays is an empty dict; pass one array handle or a dict name -> handle")
             self.single = False
             self.arrays: dict[str | None, Any] = {str(k): v for k, v in arrays.items()}
         else:
@@ -56,24 +56,24 @@ class ArraySet:
         scale = dict(scale or {})
         unknown = set(scale) - {n for n in self.names if n is not None}
         if unknown:
-            raise ValueError(f"scale names {sorted(unknown)} are not among the arrays {self.names}")
+            raise ConfigurationError(f"scale names {sorted(unknown)} are not among the arrays {self.names}")
         self.factors: dict[str | None, tuple[Fraction, ...] | Fraction] = {}
         for name in self.names:
             arr = self.arrays[name]
             if len(arr.shape) != len(self.shape):
-                raise ValueError(f"array {name!r} has {len(arr.shape)} axes but the first array "
+                raise ConfigurationError(f"array {name!r} has {len(arr.shape)} axes but the first array "
                                  f"{self.names[0]!r} has {len(self.shape)}; arrays of one sample need the same axes")
             value = scale.get(name, 1) if name is not None else 1
             if isinstance(value, (tuple, list)):
                 if len(value) != len(self.shape):
-                    raise ValueError(f"scale for {name!r} has {len(value)} factors for {len(self.shape)} axes")
+                    raise ConfigurationError(f"scale for {name!r} has {len(value)} factors for {len(self.shape)} axes")
                 self.factors[name] = tuple(_fraction(v, name) for v in value)
             else:
                 self.factors[name] = _fraction(value, name)
         if isinstance(transform, Mapping):
             unknown = set(transform) - set(self.names)
             if unknown:
-                raise ValueError(f"transform names {sorted(unknown)} are not among the arrays {self.names}")
+                raise ConfigurationError(f"transform names {sorted(unknown)} are not among the arrays {self.names}")
             self.transforms = {name: transform.get(name) for name in self.names}
         else:
             self.transforms = dict.fromkeys(self.names, transform)

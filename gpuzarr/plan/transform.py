@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuzarr.errors import ConfigurationError
+
 _FLOAT_OUTPUTS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _LAYOUTS = (None, "CHW", "HWC")
 
@@ -29,9 +31,9 @@ def _as_vector(name: str, value: Any) -> tuple[float, ...] | None:
         return None
     arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a number or a non-empty 1-D sequence, not {value!r}")
+        raise ConfigurationError(f"{name} must be a number or a non-empty 1-D sequence, not {value!r}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ConfigurationError(f"{name} must be finite, got {value!r}")
     return tuple(float(x) for x in arr)
 
 
@@ -55,23 +57,23 @@ class OutputTransform:
         if self.dtype is not None:
             dt = np.dtype(self.dtype)
             if dt not in _FLOAT_OUTPUTS:
-                raise ValueError(f"OutputTransform dtype must be float16, float32 or float64, not {dt}")
+                raise ConfigurationError(f"OutputTransform dtype must be float16, float32 or float64, not {dt}")
             object.__setattr__(self, "dtype", dt)
         mean = _as_vector("mean", self.mean)
         std = _as_vector("std", self.std)
         if std is not None and any(s == 0.0 for s in std):
-            raise ValueError(f"std must be non-zero, got {self.std!r}")
+            raise ConfigurationError(f"std must be non-zero, got {self.std!r}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         if self.layout not in _LAYOUTS:
-            raise ValueError(f"layout must be one of {_LAYOUTS}, not {self.layout!r}")
+            raise ConfigurationError(f"layout must be one of {_LAYOUTS}, not {self.layout!r}")
         if self.channel_axis is not None and not isinstance(self.channel_axis, (int, np.integer)):
-            raise ValueError(f"channel_axis must be an int or None, not {self.channel_axis!r}")
+            raise ConfigurationError(f"channel_axis must be an int or None, not {self.channel_axis!r}")
         per_channel = max(len(mean or ()), len(std or ())) > 1
         if (per_channel or self.layout is not None) and self.channel_axis is None:
-            raise ValueError("per-channel mean/std and layout need channel_axis")
+            raise ConfigurationError("per-channel mean/std and layout need channel_axis")
         if mean is not None and std is not None and 1 < len(mean) != len(std) > 1:
-            raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
+            raise ConfigurationError(f"mean has {len(mean)} values but std has {len(std)}")
 
     @property
     def normalises(self) -> bool:
@@ -91,7 +93,7 @@ class OutputTransform:
             return None
         ax = int(self.channel_axis)
         if not -sample_ndim <= ax < sample_ndim:
-            raise ValueError(f"channel_axis {ax} is out of range for samples with {sample_ndim} dimensions")
+            raise ConfigurationError(f"channel_axis {ax} is out of range for samples with {sample_ndim} dimensions")
         return ax % sample_ndim
 
     def output_axes(self, sample_ndim: int) -> tuple[int, ...]:
@@ -111,7 +113,7 @@ class OutputTransform:
         std = np.ones(n_channels) if self.std is None else np.asarray(self.std, dtype=np.float64)
         for name, vec in (("mean", mean), ("std", std)):
             if vec.size not in (1, n_channels):
-                raise ValueError(f"{name} has {vec.size} values but the channel axis has {n_channels}")
+                raise ConfigurationError(f"{name} has {vec.size} values but the channel axis has {n_channels}")
         mean = np.broadcast_to(mean, (n_channels,)).astype(np.float64)
         inv_std = 1.0 / np.broadcast_to(std, (n_channels,)).astype(np.float64)
         return mean, inv_std

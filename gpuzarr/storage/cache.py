@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuzarr.errors import ConfigurationError
 from gpuzarr.storage.base import Buffer
 
 CacheKey = tuple[str, str, str]
@@ -77,7 +78,7 @@ class PinnedLRUCache:
 
     def __init__(self, max_bytes: int, *, pinned: bool | None = None) -> None:
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            raise ConfigurationError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.pinned = _pinned_default() if pinned is None else bool(pinned)
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuzarr.errors import ConfigurationError
 from gpuzarr.plan.planner import unique_rows
 
 
@@ -103,9 +104,9 @@ class Prefetcher[K: Hashable]:
         name: str = "gpuzarr-prefetch",
     ) -> None:
         if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise ConfigurationError(f"workers must be >= 1, got {workers}")
         if max_bytes_in_flight < 1:
-            raise ValueError(f"max_bytes_in_flight must be >= 1, got {max_bytes_in_flight}")
+            raise ConfigurationError(f"max_bytes_in_flight must be >= 1, got {max_bytes_in_flight}")
         self._fetch = fetch_into_cache
         self.max_bytes_in_flight = int(max_bytes_in_flight)
         self.workers = workers

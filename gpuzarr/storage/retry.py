@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gpuzarr.errors import FetchError
+from gpuzarr.errors import ConfigurationError, FetchError
 from gpuzarr.settings import config
 
 T = TypeVar("T")
@@ -160,9 +160,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+            raise ConfigurationError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.base_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
-            raise ValueError("RetryPolicy delays must be >= 0 and multiplier >= 1")
+            raise ConfigurationError("RetryPolicy delays must be >= 0 and multiplier >= 1")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to sleep after failed attempt number ``attempt`` (0-based)."""

@@ -52,7 +52,13 @@ from gpuzarr.codecs.chain import BloscStep, BytesStep, Crc32cStep, DecodeChain, 
 from gpuzarr.engines.base import EngineCapabilities
 from gpuzarr.engines.gpu import kernels as K
 from gpuzarr.engines.gpu import nvcomp as nvc
-from gpuzarr.errors import CorruptChunkError, CpuFallbackWarning, DeviceUnavailableError, GpuFallbackError
+from gpuzarr.errors import (
+    ConfigurationError,
+    CorruptChunkError,
+    CpuFallbackWarning,
+    DeviceUnavailableError,
+    GpuFallbackError,
+)
 from gpuzarr.plan.layout import chunk_strides, gather_layout
 from gpuzarr.plan.planner import BatchPlan
 from gpuzarr.settings import config
@@ -623,7 +629,7 @@ class GpuEngine:
         shape = (plan.n_regions, *sample_shape)
         if out is not None:
             if tuple(out.shape) != shape or out.dtype != out_dtype or not out.flags.c_contiguous:
-                raise ValueError(f"out has shape {out.shape} {out.dtype}, need C-contiguous {shape} {out_dtype}")
+                raise ConfigurationError(f"out has shape {out.shape} {out.dtype}, need C-contiguous {shape} {out_dtype}")
             result = out
         else:
             result = cp.empty(shape, dtype=out_dtype)
