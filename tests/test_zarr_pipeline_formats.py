@@ -114,6 +114,16 @@ def filtered_v3_arrays(draw):
 @given(spec=filtered_v3_arrays(), data=st.data())
 def test_dtype_changing_filters_equal_zarr(spec, data):
     store = MemoryStore()
+    _make_filtered(spec, store)
+    kind, sel = data.draw(selections(spec["shape"]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="numcodecs")
+        got, expected = _through_both(store, _apply(kind, sel))
+    _assert_same(got, expected)
+
+
+def _make_filtered(spec, store) -> None:
+    """Write the array ``spec`` (drawn by :func:`filtered_v3_arrays`) into ``store`` with zarr's default pipeline."""
     rng = np.random.default_rng(spec["seed"])
     with warnings.catch_warnings(), zarr.config.set({"codec_pipeline.path": DEFAULT, "array.order": spec["order"]}):
         warnings.simplefilter("ignore")  # numcodecs.zarr3's "not part of the Zarr v3 spec" warnings
@@ -126,11 +136,6 @@ def test_dtype_changing_filters_equal_zarr(spec, data):
             arr[region] = full[region]
         else:
             arr[...] = full
-    kind, sel = data.draw(selections(spec["shape"]))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module="numcodecs")
-        got, expected = _through_both(store, _apply(kind, sel))
-    _assert_same(got, expected)
 
 
 # --------------------------------------------------------------------------- Zarr v2

@@ -389,9 +389,9 @@ class ZarrCodecStep:
         return str(getattr(self.codec, "codec_name", type(self.codec).__name__))
 
     def decode(self, data: Any) -> Any:
-        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.buffer.cpu import buffer_prototype  # host buffers, whatever zarr's default (GPU) is
 
-        buf = default_buffer_prototype().buffer.from_array_like(np.frombuffer(_u8(data), dtype=np.uint8))
+        buf = buffer_prototype.buffer.from_array_like(np.frombuffer(_u8(data), dtype=np.uint8))
         try:
             out = self.codec._decode_sync(buf, self.spec)
         except (ValueError, RuntimeError, OSError, EOFError, zlib.error, lzma.LZMAError, MemoryError, TypeError,
@@ -428,7 +428,7 @@ class CodecArrayBytesStep:
                              * np.dtype(self.spec.dtype.to_native_dtype()).itemsize)
 
     def decode(self, data: Any) -> np.ndarray:
-        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.buffer.cpu import buffer_prototype  # host buffers, whatever zarr's default (GPU) is
 
         shape = tuple(int(s) for s in self.spec.shape)
         dtype = np.dtype(self.spec.dtype.to_native_dtype())
@@ -445,7 +445,7 @@ class CodecArrayBytesStep:
                                      f"or fewer ({progress.n_processed} decoded)")
                 arr = out
             else:
-                buf = default_buffer_prototype().buffer.from_array_like(raw)
+                buf = buffer_prototype.buffer.from_array_like(raw)
                 arr = np.asarray(self.codec._decode_sync(buf, self.spec).as_numpy_array())
         except (ValueError, RuntimeError, OSError, EOFError, MemoryError, TypeError, KeyError, IndexError,
                 OverflowError) as exc:
@@ -494,9 +494,9 @@ class ZarrArrayStep:
         return np.dtype(self.spec.dtype.to_native_dtype())
 
     def decode(self, arr: np.ndarray) -> np.ndarray:
-        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.buffer.cpu import buffer_prototype  # host buffers, whatever zarr's default (GPU) is
 
-        buf = default_buffer_prototype().nd_buffer.from_numpy_array(arr)
+        buf = buffer_prototype.nd_buffer.from_numpy_array(arr)
         try:
             out = np.asarray(self.codec._decode_sync(buf, self.spec).as_numpy_array())
         except (ValueError, RuntimeError, OSError, MemoryError, TypeError, KeyError, IndexError,

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -175,8 +176,16 @@ def _compile(codecs: tuple[Any, ...], spec: Any) -> _Layout:
 
     Array→array codecs that change the data type or shape (``FixedScaleOffset`` with
     ``astype``, ``AsType``, ``cast_value``, ``scale_offset``, ``PackBits``, ...) decode in
-    :class:`DecodeChain`, which tracks each step's dtype and shape.
+    :class:`DecodeChain`, which tracks each step's dtype and shape. The chain decodes on the
+    host: the zarr codecs it runs get host buffers (zarr's CPU prototype) even when zarr's
+    default buffers are CuPy (``enable_gpu()``).
     """
+    import dataclasses
+
+    from zarr.core.buffer.cpu import buffer_prototype
+
+    if spec.prototype is not buffer_prototype:
+        spec = dataclasses.replace(spec, prototype=buffer_prototype)
     return _Layout(*decode_layout(codecs, spec, "array"))
 
 
@@ -361,7 +370,14 @@ class _Job:
                 lo[i], hi[i] = a, b
             dst0 = np.zeros((n, ndim), dtype=np.int64)
             self.squeeze_axes = ()
-            self.region_shape = tuple(int(x) for x in (hi - lo).max(axis=0)) if n else (0,) * ndim
+            region = (hi - lo).max(axis=0) if n else np.zeros(ndim, dtype=np.int64)
+            if self.gpu and n:
+                # the GPU gather writes every element of every region from the pieces (the planner's
+                # contract): grow each box to the common region shape, inside its chunk (it fits: no box
+                # is larger than the chunk), so the pieces cover each region
+                lo = np.minimum(lo, np.asarray(self.stored_shape, dtype=np.int64) - region)
+                hi = lo + region
+            self.region_shape = tuple(int(x) for x in region)
             self.n_regions = n
         self.lo = lo
         self.hi = hi
@@ -640,9 +656,10 @@ class GpuzarrCodecPipeline(CodecPipeline):
 
     def _jobs(self, batch: list[Any], out: Any, drop_axes: tuple[int, ...]) -> list[_Job]:
         arr = out.as_ndarray_like()
+        cupy = sys.modules.get("cupy")  # imported by zarr's GPU buffers whenever the output is CuPy
         if isinstance(arr, np.ndarray):
             gpu = False
-        elif type(arr).__module__.split(".")[0] == "cupy":
+        elif cupy is not None and isinstance(arr, cupy.ndarray):
             gpu = True
         else:
             raise _Unsupported(f"output buffer type {type(arr).__module__}.{type(arr).__name__}")
