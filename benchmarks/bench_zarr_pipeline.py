@@ -18,7 +18,9 @@ Rounds are interleaved (round r runs every pipeline on every workload, in an ord
 rotates with r), the same seeded selections for every pipeline; the first round checks
 every pipeline's output equals the default pipeline's. Reports medians (and min/max) per
 pipeline and workload, speed-ups over the default pipeline and over zarrs, prints a table
-and writes JSON (``--out``)::
+and writes JSON (``--out``). Each run also records the process's CPU time (user + system,
+every thread): on a shared machine wall times depend on how many threads a pipeline runs
+against the other load, CPU time much less::
 
     python benchmarks/bench_zarr_pipeline.py --rounds 5 --out bench_zarr_pipeline.json
     python benchmarks/bench_zarr_pipeline.py --quick       # tiny data, a smoke run
@@ -31,6 +33,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -121,15 +124,22 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, list[Any]]]:
     }
 
 
-def run_one(pipeline: str, path: str, selections: list[Any]) -> tuple[float, list[np.ndarray]]:
-    """Open ``path`` under ``pipeline`` and read every selection; seconds for the reads and the results."""
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far, every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_one(pipeline: str, path: str, selections: list[Any]) -> tuple[float, float, list[np.ndarray]]:
+    """Open ``path`` under ``pipeline`` and read every selection: wall and CPU seconds of the reads, the results."""
     import zarr
 
     with zarr.config.set({"codec_pipeline.path": pipeline}):
         arr = zarr.open_array(path, mode="r")
+        c0 = _cpu_seconds()
         t0 = time.perf_counter()
         results = [arr[sel] for sel in selections]
-        return time.perf_counter() - t0, results
+        return time.perf_counter() - t0, _cpu_seconds() - c0, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,20 +163,23 @@ def main(argv: list[str] | None = None) -> int:
 
     import zarr
 
+    load_start = os.getloadavg()
     pipelines = available_pipelines(args.pipelines)
     loads = {k: v for k, v in workloads(args).items() if k in args.workloads}
     times: dict[str, dict[str, list[float]]] = {w: {p: [] for p in pipelines} for w in loads}
+    cpu: dict[str, dict[str, list[float]]] = {w: {p: [] for p in pipelines} for w in loads}
     names = list(pipelines)
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for wname, (path, sels) in loads.items():
             reference = None
             for name in order:
-                seconds, results = run_one(pipelines[name], path, sels)
+                seconds, cpu_seconds, results = run_one(pipelines[name], path, sels)
                 times[wname][name].append(seconds)
+                cpu[wname][name].append(cpu_seconds)
                 if r == 0:
                     if reference is None:
-                        _, reference = run_one(PIPELINES["default"], path, sels)
+                        _, _, reference = run_one(PIPELINES["default"], path, sels)
                     for a, b in zip(results, reference, strict=True):
                         np.testing.assert_array_equal(a, b, err_msg=f"{name} differs from default on {wname}")
         print(f"round {r + 1}/{args.rounds} done", flush=True)
@@ -178,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({
                 "workload": wname, "pipeline": p, "median_ms": med[p] * 1e3, "min_ms": min(v) * 1e3,
                 "max_ms": max(v) * 1e3, "runs_ms": [x * 1e3 for x in v],
+                "cpu_median_ms": statistics.median(cpu[wname][p]) * 1e3,
+                "cpu_runs_ms": [x * 1e3 for x in cpu[wname][p]],
                 "speedup_vs_default": med["default"] / med[p] if "default" in med else None,
                 "speedup_vs_zarrs": med["zarrs"] / med[p] if "zarrs" in med else None,
             })
-    header = f"{'workload':<9} {'pipeline':<8} {'median ms':>10} {'min-max ms':>17} {'x default':>10} {'x zarrs':>8}"
+    header = (f"{'workload':<9} {'pipeline':<8} {'median ms':>10} {'min-max ms':>17} {'x default':>10} "
+              f"{'x zarrs':>8} {'cpu ms':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -189,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         vz = row["speedup_vs_zarrs"]
         print(f"{row['workload']:<9} {row['pipeline']:<8} {row['median_ms']:>10.1f} "
               f"{row['min_ms']:>8.1f}-{row['max_ms']:<8.1f} {'' if vd is None else f'{vd:.2f}x':>10} "
-              f"{'' if vz is None else f'{vz:.2f}x':>8}")
+              f"{'' if vz is None else f'{vz:.2f}x':>8} {row['cpu_median_ms']:>8.1f}")
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    "loadavg_1_5_15_start": list(load_start), "loadavg_1_5_15_end": list(os.getloadavg())},
         "versions": {"zarr": zarr.__version__, **({"zarrs": __import__("zarrs").__version__}
                                                    if "zarrs" in pipelines else {})},
         "rounds": args.rounds,

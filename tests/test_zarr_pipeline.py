@@ -322,3 +322,43 @@ def test_benchmark_script_quick_run(tmp_path):
     rows = {(r["workload"], r["pipeline"]) for r in result["rows"]}
     assert {("whole", "gpuzarr"), ("crops", "gpuzarr"), ("sharded", "gpuzarr"), ("sharded", "default")} <= rows
     assert "x default" in run.stdout
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_zarr_threading_max_workers_sets_the_decode_threads(monkeypatch, workers):
+    """zarr's ``threading.max_workers`` is the number of threads that decode (the caller's included)."""
+    import threading
+
+    from gpuzarr.codecs.chain import DecodeChain
+    from gpuzarr.integrations import zarr_pipeline
+
+    seen: set[str] = set()
+    barrier = threading.Barrier(workers, timeout=5) if workers > 1 else None
+    original = DecodeChain.decode
+
+    met: list[bool] = []
+
+    def decode(self, *args, **kwargs):
+        name = threading.current_thread().name
+        first = name not in seen
+        seen.add(name)
+        if barrier is not None and first:
+            try:  # each thread's first decode waits until `workers` threads decode at once
+                barrier.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                pass
+        return original(self, *args, **kwargs)
+
+    store = MemoryStore()
+    ref = np.arange(64 * 64, dtype="u2").reshape(64, 64)
+    with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+        zarr.create_array(store=store, shape=ref.shape, chunks=(8, 8), dtype="u2",
+                          compressors=zarr.codecs.ZstdCodec())[:] = ref
+    monkeypatch.setattr(DecodeChain, "decode", decode)
+    with zarr.config.set({"threading.max_workers": workers, "codec_pipeline.inline_max_bytes": 0}):
+        got = _read(store, lambda a: a[:], "", pipeline=PLUGIN)
+    np.testing.assert_array_equal(got, ref)
+    assert zarr_pipeline._engines[workers].workers == workers
+    assert len(seen) == workers, seen
+    assert barrier is None or len(met) == workers, "the decode threads never ran at once"
