@@ -5,7 +5,8 @@ with ``pytest -m gpu``; without a usable GPU engine they skip with the reason.
 
 ``GPUZARR_EMULATE_GPU=1 pytest -m gpu`` runs them on the CPU under the GPU emulation of
 :mod:`gpu_emulation` (CuPy, nvCOMP, kvikio and the kernels emulated) for the whole
-session. The kernels run there as the real ``kernels/*.cu`` compiled for the CPU
+session; ``GPUZARR_EMULATE_NVCOMP_API=6`` models libnvcomp 6.x instead of 5.x there and in
+the ``emu`` fixtures. The kernels run there as the real ``kernels/*.cu`` compiled for the CPU
 (``tests/cuda_cpu``), so the kernel-vs-mirror tests compare real kernel code; nvCOMP and
 kvikio stay emulated (see docs/gpu-validation.md for what that leaves unproven).
 """
@@ -33,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from gpu_emulation import install
 
         _EMULATION = pytest.MonkeyPatch()
-        install(_EMULATION, kvikio=True)
+        install(_EMULATION, kvikio=True, nvcomp_api=int(os.environ.get("GPUZARR_EMULATE_NVCOMP_API", "5")))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

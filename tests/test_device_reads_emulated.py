@@ -175,14 +175,16 @@ def test_s3_chunks_read_by_kvikio_into_device_memory(emu: GpuEmulation, s3_array
 
 
 def test_remote_fetch_device_without_kvikio_stages_through_host(emu: GpuEmulation, s3_arrays: dict[str, Any]) -> None:
-    """kvikio's RemoteFile unavailable: one host batch, packed aligned, one copy to the device."""
+    """kvikio's RemoteFile unavailable: one host batch, packed aligned into the pinned arena, one async copy."""
     from gpuzarr.storage.remote import RemoteFetcher
 
     with RemoteFetcher(s3_arrays["urls"]["private"], s3_arrays["options"], use_kvikio=False) as fetcher:
         assert not fetcher.reads_to_device
         keys = ["zarr.json", "c/0/0", "c/1/1", "c/4/3", "no/such/key"]
         host = fetcher.fetch(keys)
+        emu.reset_logs()
         batch = fetcher.fetch_device(keys)
+    assert [u[0] for u in emu.uploads] == ["async pinned"]  # one copy, from page-locked memory, on a stream
     assert isinstance(batch, DeviceBatch) and (batch.offsets % BATCH_ALIGN == 0).all()
     assert batch.present.tolist() == [h is not None for h in host] == [True, True, False, True, False]
     for i, h in enumerate(host):

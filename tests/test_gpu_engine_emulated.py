@@ -11,6 +11,7 @@ codec matrix. It proves the host logic, not the CUDA kernels or nvCOMP themselve
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import sys
 import tempfile
@@ -37,8 +38,9 @@ from gpuzarr.plan.transform import OutputTransform
 
 @pytest.fixture
 def emu() -> Iterator[GpuEmulation]:
-    """The GPU engine runs emulated for the test (see :mod:`gpu_emulation`)."""
-    with gpu_emulation() as emulation:
+    """The GPU engine runs emulated for the test (see :mod:`gpu_emulation`; libnvcomp 5.x, or
+    6.x with ``GPUZARR_EMULATE_NVCOMP_API=6``)."""
+    with gpu_emulation(nvcomp_api=int(os.environ.get("GPUZARR_EMULATE_NVCOMP_API", "5"))) as emulation:
         yield emulation
 
 
