@@ -51,6 +51,7 @@ import numpy as np
 
 from gpuzarr.errors import ConfigurationError, DeviceUnavailableError, FetchError
 from gpuzarr.settings import config
+from gpuzarr.storage import local as _local
 from gpuzarr.storage.base import (
     Buffer,
     ByteRange,
@@ -60,7 +61,7 @@ from gpuzarr.storage.base import (
     normalize_request,
 )
 from gpuzarr.storage.buffers import DeviceBatch, aligned_slots, stage_to_device
-from gpuzarr.storage.local import cuda_io_usable, range_past_end_error, resolve_extent
+from gpuzarr.storage.local import range_past_end_error, resolve_extent
 from gpuzarr.storage.retry import PermanentFetchError, RetryPolicy, ShortReadError
 from gpuzarr.threads import ForkLocal, ThreadPool
 
@@ -301,7 +302,8 @@ class RemoteFetcher(ChunkFetcher):
         s3_client = str(options.get("s3_client") or config.get("s3.client"))
         if s3_client not in S3_CLIENTS:
             raise ConfigurationError(f"s3_client must be one of {S3_CLIENTS}, got {s3_client!r}")
-        self.use_kvikio = cuda_io_usable() and want_kvikio is not False and _kvikio_remote_available()
+        # looked up at call time (a module-level name bound at import would freeze whatever was current then)
+        self.use_kvikio = _local.cuda_io_usable() and want_kvikio is not False and _kvikio_remote_available()
         self._options = normalise_s3_options(options) if self.scheme == "s3" else {
             k: v for k, v in options.items() if k not in FETCHER_ONLY_OPTIONS
         }
@@ -613,7 +615,7 @@ class RemoteFetcher(ChunkFetcher):
 
     def fetch_device(self, keys: Sequence[str], ranges: Sequence[Range] | None = None) -> DeviceBatch:
         """Read a batch into one device buffer (kvikio RemoteFile when it can run)."""
-        if not cuda_io_usable():
+        if not _local.cuda_io_usable():
             raise DeviceUnavailableError(f"fetch_device on {self.store_id}: no usable CUDA device / kvikio")
         keys, ranges = normalize_request(keys, ranges)
         if not self.use_kvikio:  # host reads, packed into the pinned arena, one async upload on the current stream
