@@ -362,3 +362,29 @@ def test_zarr_threading_max_workers_sets_the_decode_threads(monkeypatch, workers
     assert zarr_pipeline._engines[workers].workers == workers
     assert len(seen) == workers, seen
     assert barrier is None or len(met) == workers, "the decode threads never ran at once"
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_few_pieces_walk_equals_the_numpy_path(data):
+    """The Python walk used for a few pieces gives the same pieces, in the same order, as the NumPy path."""
+    from gpuzarr.integrations import zarr_pipeline as zp
+
+    ndim = data.draw(st.integers(1, 3))
+    unit = np.array([data.draw(st.integers(1, 6)) for _ in range(ndim)], dtype=np.int64)
+    n = data.draw(st.integers(1, 4))
+    lo = np.array([[data.draw(st.integers(0, 12)) for _ in range(ndim)] for _ in range(n)], dtype=np.int64)
+    hi = lo + np.array([[data.draw(st.integers(0, 9)) for _ in range(ndim)] for _ in range(n)], dtype=np.int64)
+    few = zp._few_pieces(lo.tolist(), hi.tolist(), unit.tolist(), ndim)
+    old = zp._FEW_PIECES
+    try:
+        zp._FEW_PIECES = 0  # force the NumPy path
+        ref = zp._pieces(lo, hi, unit)
+    finally:
+        zp._FEW_PIECES = old
+    if few is None:  # more pieces than the walk takes
+        assert len(ref[0]) > old
+        return
+    for a, b in zip(few, ref, strict=True):
+        np.testing.assert_array_equal(a, b.reshape(a.shape))
+        assert a.dtype == np.int64

@@ -53,6 +53,7 @@ process-bound state: the engines rebuild their thread pools in a forked child.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import threading
@@ -252,9 +253,16 @@ def _shift(sel: Any, lo: Sequence[int], ndim: int) -> Any:
     return tuple(out)
 
 
+_FEW_PIECES = 32  # up to this many pieces a Python walk beats a dozen NumPy calls on tiny arrays
+
+
 def _pieces(lo: np.ndarray, hi: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, ...]:
     """Intersect each item's box [lo, hi) (N, d) with the unit grid: item, unit coords, src, offset, extent."""
     n, ndim = lo.shape
+    if 0 < n <= _FEW_PIECES:
+        few = _few_pieces(lo.tolist(), hi.tolist(), unit.tolist(), ndim)
+        if few is not None:
+            return few
     nonempty = (hi > lo).all(axis=1)
     c_lo = lo // unit
     c_hi = (np.maximum(hi, lo + 1) - 1) // unit
@@ -275,6 +283,58 @@ def _pieces(lo: np.ndarray, hi: np.ndarray, unit: np.ndarray) -> tuple[np.ndarra
     p_lo = np.maximum(lo[item], base)
     p_hi = np.minimum(hi[item], base + unit)
     return item, coords, p_lo - base, p_lo - lo[item], p_hi - p_lo
+
+
+def _few_pieces(lo: list[list[int]], hi: list[list[int]], unit: list[int], ndim: int) -> tuple[np.ndarray, ...] | None:
+    """:func:`_pieces` for a few items in plain Python (same pieces, same order); None past ``_FEW_PIECES``."""
+    spans = []
+    total = 0
+    for l, h in zip(lo, hi, strict=True):
+        if any(b <= a for a, b in zip(l, h, strict=True)):
+            spans.append(None)
+            continue
+        span = [range(a // u, (b - 1) // u + 1) for a, b, u in zip(l, h, unit, strict=True)]
+        count = 1
+        for r in span:
+            count *= len(r)
+        total += count
+        if total > _FEW_PIECES:
+            return None
+        spans.append(span)
+    item: list[int] = []
+    rows: list[list[int]] = []  # coords, src, offset, extent of each piece, concatenated
+    for i, span in enumerate(spans):
+        if span is None:
+            continue
+        l, h = lo[i], hi[i]
+        for c in itertools.product(*span):
+            base = [k * u for k, u in zip(c, unit, strict=True)]
+            p_lo = [max(a, b) for a, b in zip(l, base, strict=True)]
+            item.append(i)
+            rows.append([*c, *(p - b for p, b in zip(p_lo, base, strict=True)),
+                         *(p - a for p, a in zip(p_lo, l, strict=True)),
+                         *(min(e, b + u) - p for e, b, u, p in zip(h, base, unit, p_lo, strict=True))])
+    table = np.array(rows, dtype=np.int64).reshape(len(item), 4, ndim)
+    return (np.array(item, dtype=np.int64), table[:, 0], table[:, 1], table[:, 2], table[:, 3])
+
+
+class _LazyKeys(Sequence[str]):
+    """Chunk keys of a job's pieces for error messages, built only when one is asked for."""
+
+    __slots__ = ("_job",)
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+
+    def __len__(self) -> int:
+        return len(self._job.piece_item)
+
+    def __getitem__(self, u: int) -> str:  # type: ignore[override]
+        job = self._job
+        key = job._key(int(job.piece_item[u]))
+        if job.layout.shard is None:
+            return key
+        return f"{key}[inner {tuple(job.piece_coords[u].tolist())}]"
 
 
 class _GetterRead:
@@ -399,11 +459,8 @@ class _Job:
         getter = self.items[i][0]
         return str(getattr(getter, "path", getter))
 
-    def _keys(self) -> list[str]:
-        if self.layout.shard is None:
-            return [self._key(i) for i in self.piece_item.tolist()]
-        return [f"{self._key(i)}[inner {tuple(c)}]"
-                for i, c in zip(self.piece_item.tolist(), self.piece_coords.tolist(), strict=True)]
+    def _keys(self) -> Sequence[str]:
+        return _LazyKeys(self)
 
     # ---------------------------------------------------------------- fetching
     def index_requests(self) -> list[tuple[Any, Any]]:
@@ -422,6 +479,9 @@ class _Job:
         shard = self.layout.shard
         assert shard is not None
         work = []
+        cps = np.asarray(shard.chunks_per_shard, dtype=np.int64)
+        strides = np.cumprod(np.r_[1, cps[::-1]])[::-1][1:].astype(np.int64)  # C order; () when 0-d
+        flat = self.piece_coords @ strides  # each piece's entry in its shard's index
         for i, raw in enumerate(raw_indexes):
             if raw is None:
                 self.status[i] = _MISSING
@@ -441,9 +501,7 @@ class _Job:
             members = np.flatnonzero(self.piece_item == i)
             if not members.size:
                 continue
-            cps = np.asarray(shard.chunks_per_shard, dtype=np.int64)
-            strides = np.cumprod(np.r_[1, cps[::-1]])[::-1][1:].astype(np.int64)  # C order; () when 0-d
-            entries = index[self.piece_coords[members] @ strides]
+            entries = index[flat[members]]
             present = entries[:, 0] != _EMPTY
             members, entries = members[present], entries[present].astype(np.int64)
             if members.size:
