@@ -81,6 +81,8 @@ def _zstd() -> Any:
         lib.ZSTD_DCtx_setParameter.restype = _size_t
         lib.ZSTD_isError.argtypes = [_size_t]
         lib.ZSTD_isError.restype = ctypes.c_uint
+        lib.ZSTD_getFrameContentSize.argtypes = [_ptr, _size_t]
+        lib.ZSTD_getFrameContentSize.restype = ctypes.c_ulonglong
         lib.ZSTD_getErrorName.argtypes = [_size_t]
         lib.ZSTD_getErrorName.restype = ctypes.c_char_p
     except (OSError, AttributeError):  # pragma: no cover - symbols not exported by this build
@@ -164,16 +166,19 @@ def zstd_decompress_into(src: Any, dest: np.ndarray, limit: int | None = None) -
 
     Without ``limit`` the frame must decode to exactly ``dest.nbytes`` bytes (the decoder
     refuses to write past ``dest``). With ``limit`` < ``dest.nbytes`` only the first
-    ``limit`` bytes are produced (the rest of ``dest`` is left as it was); the caller has
-    checked the frame header's content size and, if the frame carries a checksum, asks
-    for the whole frame instead (a prefix is never checksummed). Raises ``ValueError``.
+    ``limit`` bytes are produced (the rest of ``dest`` is left as it was) when the frame
+    header declares exactly ``dest.nbytes`` decoded bytes; any other frame is decoded
+    whole, and fails if it does not fill ``dest`` exactly. A frame that carries a
+    checksum should be asked for whole (a prefix is never checksummed). Raises ``ValueError``.
     """
     lib = _zstd()
     state = _context()
     src_address, src_size = address(src), len(src) if not isinstance(src, np.ndarray) else src.nbytes
     dst_address = address(dest)
-    if limit is not None and limit < dest.nbytes and _zstd_prefix(lib, state, src_address, src_size, dst_address,
-                                                                   dest.nbytes, limit):
+    # a prefix only of a frame that declares exactly dest's size (else the one-shot decode below says what is wrong)
+    if (limit is not None and limit < dest.nbytes
+            and lib.ZSTD_getFrameContentSize(src_address, src_size) == dest.nbytes
+            and _zstd_prefix(lib, state, src_address, src_size, dst_address, dest.nbytes, limit)):
         return
     got = lib.ZSTD_decompressDCtx(state.ctx, dst_address, dest.nbytes, src_address, src_size)
     if lib.ZSTD_isError(got):
