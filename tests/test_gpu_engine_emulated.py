@@ -171,6 +171,7 @@ def test_blosclz_falls_back_with_one_warning(emu: GpuEmulation, tmp_path: Path) 
     assert sum(issubclass(w.category, CpuFallbackWarning) for w in caught) == 1
     np.testing.assert_array_equal(got.get(), np.stack([data[r] for r in region]))
     assert emu.decode_calls == []  # blosclz streams never reach nvCOMP
+    assert emu.uploads and {kind for kind, _, _ in emu.uploads} == {"async pinned"}  # decoded chunks too
     with pytest.raises(GpuFallbackError):
         handle.read_batch(region, device="cuda", strict=True)
 
@@ -638,16 +639,30 @@ def test_corrupt_stream_nvcomp_reports_is_named(api, silent, cname, tmp_path: Pa
 
 
 def test_results_are_read_only_after_the_batchs_one_event(emu: GpuEmulation, tmp_path: Path) -> None:
-    """nvCOMP's statuses and sizes come back by an async copy and one event wait; no stream or device sync."""
+    """nvCOMP's statuses and sizes come back by an async copy and one event wait; no stream or device sync;
+    the second batch of a thread allocates no pinned memory."""
     rng = np.random.default_rng(9)
     data = rng.integers(0, 1000, (64, 64)).astype("int32")
     arr = _make(tmp_path, "e", data, (16, 16), compressors=[BloscCodec(cname="lz4", shuffle="shuffle")])
     handle = gpuzarr.open_array(arr)
     handle.read_batch([(slice(0, 64), slice(0, 64))], device="cuda")  # warm: arenas allocated
     cp = sys.modules["cupy"]
+    cupyx = sys.modules["cupyx"]
     stream = cp.cuda.Stream()
     emu.reset_logs()
-    got = handle.read_batch([(slice(0, 64), slice(0, 64))], device="cuda", stream=stream)
+    pinned = {"allocations": 0}
+    real_empty_pinned = cupyx.empty_pinned
+
+    def counting_empty_pinned(*args, **kwargs):
+        pinned["allocations"] += 1
+        return real_empty_pinned(*args, **kwargs)
+
+    cupyx.empty_pinned = counting_empty_pinned
+    try:
+        got = handle.read_batch([(slice(0, 64), slice(0, 64))], device="cuda", stream=stream)
+    finally:
+        cupyx.empty_pinned = real_empty_pinned
+    assert pinned["allocations"] == 0  # the thread's arenas (upload, tables, results) are reused
     np.testing.assert_array_equal(got.get()[0], data)
     assert len(emu.event_syncs) == 1 and stream.synchronize_calls == 0 and emu.device_syncs == []
     assert {s for c in emu.decode_calls for s in [c.stream]} == {stream.ptr}

@@ -496,9 +496,14 @@ class GpuEngine:
             decoded = cpu_pool().map(
                 lambda c: blosc.decode_blosc_chunk_numcodecs(chunks[c], key=keys[c], array_name=array_name,
                                                              nbytes=nbytes), cpu_chunks.tolist())
-            for c, arr in zip(cpu_chunks.tolist(), decoded, strict=True):
-                if arr.size:
-                    out[out_off[c]: out_off[c] + arr.size].set(arr)
+            # through this thread's pinned fallback arena, each chunk one async copy into its slot
+            staging = pinned_staging("fallback")
+            host, base, length = concatenate_aligned(
+                [np.ascontiguousarray(a).view(np.uint8).reshape(-1) for a in decoded], ALIGN, allocate=staging.take)
+            for c, b, n in zip(cpu_chunks.tolist(), base.tolist(), length.tolist(), strict=True):
+                if n:
+                    out[out_off[c]: out_off[c] + n].set(host[b: b + n], stream=io.stream)
+            staging.queued(io.stream)
         return out, out_off
 
     def _decode_on_cpu(self, chunks: Sequence[Any], chain: DecodeChain, keys: Sequence[str],

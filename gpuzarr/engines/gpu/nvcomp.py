@@ -142,15 +142,25 @@ class NvcompLibrary:
 
 
 def _candidates() -> list[str]:
-    paths: list[str] = []
-    try:
-        import nvidia.libnvcomp as wheel  # the nvidia-libnvcomp-cu13 wheel (a dependency of nvidia-nvcomp-cu13)
+    """Where libnvcomp may be: the ``nvidia-libnvcomp-cu13`` wheel's ``nvidia/libnvcomp/lib64`` on any
+    ``sys.path`` entry (searched directly: another wheel's ``nvidia/__init__.py`` can make ``nvidia`` a
+    regular package that hides the wheel from ``import nvidia.libnvcomp``), then the dynamic loader."""
+    import sys
 
-        for root in getattr(wheel, "__path__", []):
-            for sub in ("lib64", "lib", "bin"):
-                paths += sorted(glob.glob(os.path.join(root, sub, "libnvcomp.so.*")), reverse=True)
+    roots: list[str] = []
+    try:
+        import nvidia.libnvcomp as wheel
+
+        roots += list(getattr(wheel, "__path__", []))
     except ImportError:
         pass
+    roots += [os.path.join(entry or ".", "nvidia", "libnvcomp") for entry in sys.path]
+    paths: list[str] = []
+    for root in roots:
+        for sub in ("lib64", "lib", "bin"):
+            for path in sorted(glob.glob(os.path.join(root, sub, "libnvcomp.so.*")), reverse=True):
+                if path not in paths:
+                    paths.append(path)
     return paths + ["libnvcomp.so.6", "libnvcomp.so.5", "libnvcomp.so"]
 
 
