@@ -8,9 +8,9 @@ modules, so the CPU hot path calls them directly:
 * :func:`blosc_decompress_into` — ``blosc_decompress_ctx`` with one internal thread;
 * :func:`blosc_getitem_into` — ``blosc_getitem`` (decode a run of Blosc blocks);
 * :func:`zstd_decompress_into` — ``ZSTD_decompressDCtx`` with one context per thread,
-  reused for every frame; or, given a ``limit``, ``ZSTD_decompressStream`` stopped
-  once the first ``limit`` decoded bytes exist (a crop that needs only the top rows of
-  a chunk pays only for them).
+  reused for every frame; or, given a ``limit`` at least one Zstd block (128 KiB) short
+  of the frame's end, ``ZSTD_decompressStream`` stopped once the first ``limit`` decoded
+  bytes exist (a crop that needs only the top rows of a large chunk pays only for them).
 
 ctypes releases the GIL for each call, so decoding threads run in parallel. Nothing
 here is compiled by gpuzarr: the libraries come with numcodecs' wheels. When a symbol
@@ -40,6 +40,8 @@ _ptr = ctypes.c_void_p
 _ZSTD_D_WINDOW_LOG_MAX = 100
 #: ``ZSTD_reset_session_only``
 _ZSTD_RESET_SESSION = 1
+#: ``ZSTD_BLOCKSIZE_MAX``: a frame's blocks decode whole, so a prefix saves only whole blocks after it
+ZSTD_BLOCK_MAX = 1 << 17
 
 
 class _InBuffer(ctypes.Structure):
@@ -175,8 +177,10 @@ def zstd_decompress_into(src: Any, dest: np.ndarray, limit: int | None = None) -
     state = _context()
     src_address, src_size = address(src), len(src) if not isinstance(src, np.ndarray) else src.nbytes
     dst_address = address(dest)
-    # a prefix only of a frame that declares exactly dest's size (else the one-shot decode below says what is wrong)
-    if (limit is not None and limit < dest.nbytes
+    # a prefix only when it skips at least one whole Zstd block (a block decodes whole: streaming a
+    # prefix of a one-block frame saves nothing and costs a copy and several calls), and only of a
+    # frame that declares exactly dest's size (else the one-shot decode below says what is wrong)
+    if (limit is not None and dest.nbytes - limit >= ZSTD_BLOCK_MAX
             and lib.ZSTD_getFrameContentSize(src_address, src_size) == dest.nbytes
             and _zstd_prefix(lib, state, src_address, src_size, dst_address, dest.nbytes, limit)):
         return
