@@ -193,7 +193,7 @@ def launch_unshuffle(
         s_off, first, nsplits, size, ts, mode, out_off, tile_start)
     kernel = _get_unshuffle_kernel()
     kernel((n_tiles,), (THREADS,), (arena, d_soff, d_first, d_ns, d_size, d_ts, d_mode, d_out, d_tiles,
-                                     np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES // 2), out))
+                                     np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES), out))
 
 
 def launch_copy_segments(src: Any, src_offset: np.ndarray, dst: Any, dst_offset: np.ndarray,
