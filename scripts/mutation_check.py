@@ -103,10 +103,14 @@ def run(mutation: tuple[str, str, str, str, str], python: str) -> dict[str, obje
         subprocess.run(["git", "checkout", "--", rel], cwd=ROOT, check=True)
     failed = sorted(set(re.findall(r"^FAILED (\S+?)(?:\[.*?\])?(?: - |$)", proc.stdout, re.MULTILINE)))
     errors = sorted(set(re.findall(r"^ERROR (\S+)", proc.stdout, re.MULTILINE)))
-    crashed = proc.returncode < 0 or "Fatal Python error" in proc.stderr
-    if crashed:  # the process died (a wild write or a fault outside a fiber): name the frames of the tests
-        where = re.findall(r'File "[^"]*(tests/test_\w+\.py)", line \d+ in (\w+)', proc.stderr)
-        errors += [f"crash in {f}::{fn}" for f, fn in dict.fromkeys(where)] or ["crash"]
+    # the process died (a wild write or a fault outside a fiber), or a test's watchdog (pytest-timeout,
+    # thread method) ended a runaway kernel by exiting the process: either way the mutation is caught
+    timed_out = "+ Timeout +" in proc.stdout + proc.stderr
+    crashed = proc.returncode < 0 or "Fatal Python error" in proc.stderr or timed_out
+    if crashed:  # name the frames of the tests
+        where = re.findall(r'File "[^"]*(tests/test_\w+\.py)", line \d+,? in (\w+)', proc.stdout + proc.stderr)
+        kind = "timeout" if timed_out else "crash"
+        errors += [f"{kind} in {f}::{fn}" for f, fn in dict.fromkeys(where)] or [kind]
     return {"id": mid, "file": rel, "what": what, "caught": crashed or (bool(failed or errors) and proc.returncode != 0),
             "failed": failed + errors, "seconds": round(time.perf_counter() - t0, 1),
             "tail": (proc.stdout + proc.stderr)[-1500:]}

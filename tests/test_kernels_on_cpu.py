@@ -28,6 +28,11 @@ from gpuzarr.engines.gpu import mirrors as km
 from gpuzarr.plan.planner import plan_batch
 from gpuzarr.plan.transform import OutputTransform
 
+# A watchdog per test: a runaway kernel (a perturbed index or a swapped launch argument can make
+# one loop for minutes on the CPU harness, as a real GPU would hang) fails in three minutes instead
+# of the suite's ten. ``thread``: the kernel's threads sit in C, where no signal reaches them.
+pytestmark = pytest.mark.timeout(180, method="thread")
+
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
