@@ -78,7 +78,7 @@ MUTATIONS = [
      "np.int32(ndim),\n              d_ostr, d_sstr,", "launch_gather: source and output strides swapped"),
     ("L7", "gpuzarr/engines/gpu/kernels.py", "(data, d_off, d_len, np.int64(n_segs), seg_crc)",
      "(data, d_len, d_off, np.int64(n_segs), seg_crc)", "launch_crc32c: segment offsets and lengths swapped"),
-    ("L8", "gpuzarr/engines/gpu/kernels.py", "d_mean, d_inv, out_bytes),", "d_inv, d_mean, out_bytes),",
+    ("L8", "gpuzarr/engines/gpu/kernels.py", "d_mean, d_inv, out_bytes))", "d_inv, d_mean, out_bytes))",
      "launch_gather convert: mean and inv_std swapped"),
     ("L9", "gpuzarr/engines/gpu/kernels.py", "np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES), out)",
      "np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES // 2), out)",
