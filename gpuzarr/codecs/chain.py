@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import bz2
 import lzma
-import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import numcodecs.zstd
 import numpy as np
 
 from gpuzarr.codecs import native
-from gpuzarr.codecs.blosc.format import HEADER_BYTES
+from gpuzarr.codecs.blosc.format import HEADER_BYTES, header_fields
 from gpuzarr.codecs.blosc.partial import decode_blocks_into
 from gpuzarr.codecs.blosc.reference import zstd_content_size as _zstd_frame_size
 from gpuzarr.errors import CorruptChunkError, UnsupportedCodecError
@@ -70,8 +69,6 @@ except ImportError:  # pragma: no cover
 #: data types a chain can produce: bool, integers, floats, complex, datetime64, timedelta64
 SUPPORTED_KINDS = "biufcmM"
 
-#: Blosc1 header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes (little-endian)
-_BLOSC_HEADER = struct.Struct("<BBBBiii")
 #: numcodecs' own C decoders are reachable through ctypes (see :mod:`gpuzarr.codecs.native`)
 _NATIVE = native.available()
 
@@ -150,7 +147,7 @@ class BloscStep:
         """The header fields ``(version, versionlz, flags, typesize, nbytes, blocksize, cbytes)``, sizes checked."""
         if len(view) < HEADER_BYTES:
             raise ValueError(f"blosc: {len(view)} bytes is shorter than the 16-byte header")
-        header = _BLOSC_HEADER.unpack_from(view)
+        header = header_fields(view)
         nbytes, cbytes = header[4], header[6]
         if cbytes != len(view):
             raise ValueError(f"blosc: header says {cbytes} compressed bytes but the chunk has {len(view)}")

@@ -26,6 +26,8 @@ per chunk or per block), so a batch is checked without per-block Python.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 HEADER_BYTES = 16
@@ -65,9 +67,17 @@ MODE_SHUFFLE = 1
 MODE_BITSHUFFLE = 2
 
 
-def read_header(buf: object) -> np.void:
-    """The header record (:data:`HEADER_DTYPE`) of one chunk; ``buf`` holds at least 16 bytes."""
-    return np.frombuffer(buf, dtype=HEADER_DTYPE, count=1)[0]  # type: ignore[call-overload]
+#: :data:`HEADER_DTYPE` as a ``struct`` layout, for reading one chunk's header without NumPy
+_HEADER_STRUCT = struct.Struct("<BBBBiii")
+
+
+def header_fields(buf: object) -> tuple[int, int, int, int, int, int, int]:
+    """One chunk's header as ints ``(version, versionlz, flags, typesize, nbytes, blocksize, cbytes)``.
+
+    ``buf`` holds at least 16 bytes; the fields of :data:`HEADER_DTYPE`, read with one
+    ``struct`` unpack (the per-chunk path; batches read the record array instead).
+    """
+    return _HEADER_STRUCT.unpack_from(buf)  # type: ignore[return-value]
 
 
 def inner_format(flags: np.ndarray) -> np.ndarray:

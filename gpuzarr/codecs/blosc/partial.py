@@ -22,7 +22,7 @@ from gpuzarr.codecs.blosc.format import (
     FLAG_MEMCPYED,
     HEADER_BYTES,
     block_sizes,
-    read_header,
+    header_fields,
     read_i32,
     split_count,
     walk_streams,
@@ -108,7 +108,7 @@ def decode_blocks_into(view: memoryview, dest: np.ndarray, intervals: Any,
     if getitem is None:
         return False
     if header is None:
-        header = tuple(int(x) for x in read_header(view).tolist())
+        header = header_fields(view)
     _, _, flags, typesize, nbytes, blocksize, cbytes = header
     if (flags & FLAG_MEMCPYED or typesize < 1 or blocksize <= 0 or nbytes <= 0
             or blocksize % typesize or nbytes % typesize):
