@@ -531,14 +531,17 @@ class DecodeChain:
             view_dtype = stored.newbyteorder("<" if self.bytes_step.endian == "little" else ">")
         last = self.bytes_steps[-1] if self.bytes_steps else None
         plain = fixed and not self.array_steps
+        stored_nbytes = int(np.prod(self.stored_shape, dtype=np.int64)) * stored.itemsize
         constants = {
             "nbytes": int(np.prod(self.chunk_shape, dtype=np.int64)) * self.dtype.itemsize,
-            "stored_nbytes": int(np.prod(self.stored_shape, dtype=np.int64)) * stored.itemsize,
+            "stored_nbytes": stored_nbytes,
             "_fixed": fixed,
             "_view_dtype": view_dtype,
             "_view_target": self.bytes_dtype or _native(view_dtype),
             "supports_partial_decode": plain and isinstance(last, BloscStep),
-            "supports_prefix_decode": plain and isinstance(last, ZstdStep) and _NATIVE,
+            # a Zstd block decodes whole: a chunk of one block (<= 128 KiB) has no prefix worth stopping at
+            "supports_prefix_decode": (plain and isinstance(last, ZstdStep) and _NATIVE
+                                       and stored_nbytes > native.ZSTD_BLOCK_MAX),
         }
         for name, value in constants.items():
             object.__setattr__(self, name, value)
@@ -551,7 +554,8 @@ class DecodeChain:
     #: Blosc, stored layout = chunk layout)
     supports_partial_decode: bool = field(init=False, repr=False, compare=False)
     #: :meth:`decode` can stop a Zstd frame once the bytes up to the last interval exist
-    #: (last step Zstd, stored layout = chunk layout, C decoder reachable)
+    #: (last step Zstd, stored layout = chunk layout, C decoder reachable, chunk larger than
+    #: one Zstd block)
     supports_prefix_decode: bool = field(init=False, repr=False, compare=False)
     _fixed: bool = field(init=False, repr=False, compare=False)
     _view_dtype: np.dtype = field(init=False, repr=False, compare=False)
@@ -566,11 +570,6 @@ class DecodeChain:
         names = [s.name for s in reversed(self.bytes_steps)]
         first = "bytes" if isinstance(self.bytes_step, BytesStep) else self.bytes_step.name
         return (*[s.name for s in reversed(self.array_steps)], first, *names)
-
-    @property
-    def decodes_partially(self) -> bool:
-        """Whether :meth:`decode` makes use of ``intervals`` (partial Blosc or prefix Zstd decode)."""
-        return self.supports_partial_decode or self.supports_prefix_decode
 
     def decode(self, data: Any, *, key: str | Callable[[], str] = "", array: str = "",
                scratch: np.ndarray | None = None, intervals: Any = None) -> np.ndarray:
