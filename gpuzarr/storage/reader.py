@@ -302,6 +302,21 @@ class ChunkReader:
             key=exc.key,
         )
 
+    def _inner_past_end(self, exc: RangeNotSatisfiableError, inner: np.ndarray, start: int,
+                        length: int) -> CorruptChunkError:
+        """An inner chunk whose index entry reaches past the end of its shard."""
+        where = tuple(int(i) for i in inner)
+        return CorruptChunkError(
+            f"{self.array_name}: shard {exc.key!r} is truncated or its index points past its end: inner chunk "
+            f"{where} has offset {start} and length {length}: {exc}",
+            array=self.array_name, key=exc.key,
+        )
+
+    def _shard_vanished(self, key: str) -> CorruptChunkError:
+        """A shard whose index was read but whose chunks are gone."""
+        return CorruptChunkError(f"{self.array_name}: shard {key!r} disappeared between reading its index and its "
+                                 "chunks", array=self.array_name, key=key)
+
     def _inner_chunk_extents(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                                                 np.ndarray, np.ndarray]:
         """Where each inner chunk lies: ``(uniq, inverse, inner, offsets, lengths, present)``.
@@ -370,19 +385,10 @@ class ChunkReader:
             if not mine.any():
                 raise self._truncated(exc) from exc
             far = int(np.flatnonzero(mine)[np.argmax(ends[mine])])
-            where = tuple(int(i) for i in inner[idx[far]])
-            raise CorruptChunkError(
-                f"{self.array_name}: shard {exc.key!r} is truncated or its index points past its end: inner chunk "
-                f"{where} has offset {int(starts[far])} and length {int(lens[far])}: {exc}",
-                array=self.array_name, key=exc.key,
-            ) from exc
+            raise self._inner_past_end(exc, inner[idx[far]], int(starts[far]), int(lens[far])) from exc
         for key, blob in zip(g_keys, blobs, strict=True):
             if blob is None:
-                raise CorruptChunkError(
-                    f"{self.array_name}: shard {key!r} disappeared between reading its index and its chunks",
-                    array=self.array_name,
-                    key=key,
-                )
+                raise self._shard_vanished(key)
         views = [memoryview(b) for b in blobs]  # type: ignore[arg-type]
         rel = starts - g_start[group_id]
         for pos, g, r, ln in zip(idx.tolist(), group_id.tolist(), rel.tolist(), lens.tolist(), strict=True):
@@ -424,15 +430,9 @@ class DeferredShardReads(DeferredReads):
         try:
             data = self.fetcher.read_into(key, buffer_for, ByteRange(start, length))
         except RangeNotSatisfiableError as exc:
-            where = tuple(int(i) for i in self.inner[index])
-            raise CorruptChunkError(
-                f"{self.reader.array_name}: shard {key!r} is truncated or its index points past its end: inner "
-                f"chunk {where} has offset {start} and length {length}: {exc}", array=self.reader.array_name, key=key,
-            ) from exc
+            raise self.reader._inner_past_end(exc, self.inner[index], start, length) from exc
         if data is None:
-            raise CorruptChunkError(
-                f"{self.reader.array_name}: shard {key!r} disappeared between reading its index and its chunks",
-                array=self.reader.array_name, key=key)
+            raise self.reader._shard_vanished(key)
         return data
 
 
