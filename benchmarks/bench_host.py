@@ -49,6 +49,7 @@ from typing import Any, Self
 import numpy as np
 
 import gpuzarr
+from gpuzarr.storage.base import ByteRange, ChunkFetcher, SuffixRange
 
 WORKLOADS = ("small", "sharded", "demo")
 READERS = ("gpuzarr", "tensorstore", "zarr-python")
@@ -224,16 +225,16 @@ class _CodecClock:
             setattr(owner, name, value)
 
 
-class _MemoryFetcher:
+class _MemoryFetcher(ChunkFetcher):
     """Serves every object from memory (loaded once from the real fetcher): reads cost no syscalls.
 
-    Like the local fetcher it reads into the decoding thread's buffer (``read_into``), so
-    the engine takes the same deferred path as on real files; the copy out of memory
-    stands in for the read and is counted as host work.
+    Like the local fetcher it reads into the decoding thread's buffer (the protocol's
+    default ``read_into``: a fetch and one copy), so the engine takes the same deferred
+    path as on real files; the copy out of memory stands in for the read and is counted
+    as host work.
     """
 
     reads_into_buffers = True
-    reads_to_device = False
 
     def __init__(self, real: Any) -> None:
         self._real = real
@@ -241,8 +242,6 @@ class _MemoryFetcher:
         self._objects: dict[str, Any] = {}
 
     def fetch(self, keys: list[str], ranges: list[Any] | None = None) -> list[Any]:
-        from gpuzarr.storage.base import ByteRange, SuffixRange
-
         out = []
         for i, key in enumerate(keys):
             data = self._objects.get(key)
@@ -257,17 +256,6 @@ class _MemoryFetcher:
             elif isinstance(rng, SuffixRange):
                 out.append(data[len(data) - rng.length:])
         return out
-
-    def read_into(self, key: str, buffer_for: Callable[[int], np.ndarray], byte_range: Any = None) -> Any:
-        (data,) = self.fetch([key], None if byte_range is None else [byte_range])
-        if data is None:
-            return None
-        out = buffer_for(len(data))
-        out[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-        return memoryview(out)[: len(data)]
-
-    def close(self) -> None:
-        pass
 
 
 def host_time(path: str, workload: Workload, rounds: int, seed: int) -> dict[str, float]:
