@@ -102,7 +102,7 @@ def _to_tensors(data: Any, target: torch.device | None) -> Any:
 
 
 def _meta_tensors(positions: np.ndarray, regions: Sequence[Any], shape: Sequence[int], epoch: int) -> dict[str, Any]:
-    starts = normalize_regions(list(regions), shape, "sampler").starts
+    starts = normalize_regions(regions, shape, "sampler").starts  # a RegionTable goes straight to its table
     return {"sample_id": torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)),
             "start": torch.from_numpy(np.ascontiguousarray(starts, dtype=np.int64)), "epoch": epoch}
 

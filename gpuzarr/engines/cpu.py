@@ -36,7 +36,7 @@ def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | N
     """
     n, ndim = start.shape
     if ndim == 0:  # 0-d chunks: every piece is the whole (empty) index
-        return [() if region is None else (r,) for r in (region.tolist() if region is not None else [None] * n)]
+        return [()] * n if region is None else [(r,) for r in region.tolist()]
     lo = start.ravel().tolist()
     hi = (start + extent).ravel().tolist()
     slices = list(map(slice, lo, hi))
