@@ -31,6 +31,11 @@ key                                    meaning
                                        blocks a batch's pieces touch
 ``partial_decode.max_fraction``        ... unless the touched blocks are more than this
                                        fraction of the chunk (then the whole chunk decodes)
+``cpu.compiled``                       the CPU engine's compiled lane
+                                       (:mod:`gpuzarr.engines.compiled`, needs Numba):
+                                       ``"background"`` compiles it on first use in a
+                                       thread and uses it once ready, ``"eager"`` waits
+                                       for it on first use, ``"off"`` never uses it
 ``retry.max_attempts`` ...             defaults of :class:`gpuzarr.storage.retry.RetryPolicy`
 ``s3.client``                          ``"auto"``, ``"obstore"`` or ``"s3fs"``
 ``s3.max_concurrency``                 range GETs in flight per remote fetcher (S3 or HTTP)
@@ -55,6 +60,9 @@ DEFAULTS: dict = {
     "partial_decode": {
         "min_chunk_bytes": 1 << 18,
         "max_fraction": 0.85,
+    },
+    "cpu": {
+        "compiled": "background",
     },
     "retry": {
         "max_attempts": 6,

@@ -30,6 +30,11 @@ _EMULATION: pytest.MonkeyPatch | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _EMULATION
+    # the CPU engine's compiled lane, compiled before the first batch that can use it (not in
+    # the background): every test then reads through it wherever it applies, deterministically
+    import gpuzarr
+
+    gpuzarr.config.set({"cpu.compiled": os.environ.get("GPUZARR_CPU__COMPILED", "eager")})
     if os.environ.get("GPUZARR_EMULATE_GPU") == "1":
         from gpu_emulation import install
 

@@ -16,7 +16,7 @@ BENCH_ONLY = ("rich", "tqdm", "psutil", "pynvml", "matplotlib", "tensorstore", "
 #: optional packages gpuzarr itself must not import at import time (zarr may: it imports fsspec
 #: when installed, and fsspec imports lz4 when installed)
 NOT_AT_IMPORT = (*BENCH_ONLY, "moto", "hypothesis", "icechunk", "s3fs", "obstore", "aiohttp", "torch", "cupy",
-                 "nvidia.dali", "kvikio", "lz4", "pytest")
+                 "nvidia.dali", "kvikio", "lz4", "pytest", "numba", "llvmlite")
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +39,7 @@ def test_base_dependencies_are_the_cpu_path_only() -> None:
     base = {re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
     assert base == {"numpy", "zarr", "numcodecs", "crc32c", "donfig"}
     extras = project["optional-dependencies"]
-    assert {"demo", "bench", "s3", "gpu", "torch", "dali", "test"} <= set(extras)
+    assert {"fast", "demo", "bench", "s3", "gpu", "torch", "dali", "test"} <= set(extras)
     demo = {re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0].lower() for dep in extras["demo"]}
     assert not demo & {"moto", "icechunk", "hypothesis", "pytest", "tensorstore", "zarrs"}
 

@@ -159,6 +159,11 @@ def _context() -> _ThreadContext:
     return ctx
 
 
+def zstd_context() -> int:
+    """The calling thread's ``ZSTD_DCtx`` (its address), made on first use and reused for every frame."""
+    return _context().ctx
+
+
 def _zstd_error(lib: Any, code: int) -> ValueError:
     return ValueError(f"zstd: {lib.ZSTD_getErrorName(code).decode(errors='replace')}")
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from gpuzarr.codecs import native
 from gpuzarr.codecs.chain import DecodeChain
+from gpuzarr.engines import compiled
 from gpuzarr.engines.base import EngineCapabilities
 from gpuzarr.errors import ConfigurationError
 from gpuzarr.plan.planner import BatchPlan, chunk_byte_intervals, chunk_byte_limits
@@ -105,6 +107,13 @@ class CpuEngine:
         else:
             full = np.empty(full_shape, dtype=chain.dtype)
         n = plan.n_chunks
+        partial = chain.supports_partial_decode and chain.stored_nbytes >= config.get("partial_decode.min_chunk_bytes")
+        todo: Sequence[int] = range(n)
+        fast = compiled.lane(plan, encoded, chain, full, partial=partial)
+        if fast is not None:
+            todo = self._run_compiled(fast, n, chain, full)
+            if not todo:
+                return self._finish(full, plan, transform)
         # every per-piece number as Python ints, converted once per batch (no per-piece NumPy)
         offsets = plan.chunk_piece_offsets.tolist()
         dst_index = _piece_indices(plan.piece_dst_start, plan.piece_extent, plan.piece_region)
@@ -115,7 +124,7 @@ class CpuEngine:
         # the byte intervals every chunk's pieces read come from one NumPy pass over the batch.
         # A Zstd chunk is decoded front to back, so it stops after the last byte a piece reads.
         intervals_of: Any = None  # chunk number -> the byte intervals its pieces read
-        if chain.supports_partial_decode and scratch_nbytes >= config.get("partial_decode.min_chunk_bytes") and n:
+        if partial and n:
             iv, iv_offsets = chunk_byte_intervals(plan, chain.chunk_shape, chain.dtype.itemsize)
             iv_list, iv_off = iv.tolist(), iv_offsets.tolist()
 
@@ -149,36 +158,61 @@ class CpuEngine:
             for p in range(lo, hi):
                 full[dst_index[p]] = chunk[src_index[p]]
 
-        if n <= 1 or self.workers == 1:
-            for u in range(n):
-                assemble_chunk(u)
-        else:
-            # a few long-lived tasks pulling chunk numbers from one counter (the calling thread is
-            # one of them) instead of one future per chunk: a future costs more than a small chunk's
-            # Python work. ``next`` on itertools.count is atomic under the GIL.
-            counter = itertools.count()
-            failed: list[BaseException] = []
+        self._each(len(todo), lambda i: assemble_chunk(todo[i]))
+        return self._finish(full, plan, transform)
 
-            def drain() -> None:
-                try:
-                    while not failed and (u := next(counter)) < n:
-                        assemble_chunk(u)
-                except BaseException as exc:
-                    failed.append(exc)
-                    raise
-
-            helpers = [self.pool.submit(drain) for _ in range(min(self.workers, n) - 1)]
-            try:
-                drain()
-            finally:
-                for f in helpers:
-                    f.exception()  # wait for each; the first error is re-raised below
-            if failed:
-                raise failed[0]
+    @staticmethod
+    def _finish(full: np.ndarray, plan: BatchPlan, transform: Any) -> np.ndarray:
         result = full.reshape(plan.out_shape)
         if transform is not None:
             result = transform.apply_reference(result)
         return result
+
+    def _each(self, n: int, work: Any, step: int = 1) -> None:
+        """``work(i)`` for ``i`` in ``range(0, n, step)``, on the pool's threads and the calling one.
+
+        A few long-lived tasks pull numbers from one counter (the calling thread is one of
+        them) instead of one future per item: a future costs more than a small chunk's
+        Python work. ``next`` on itertools.count is atomic under the GIL. The first error
+        stops the others and is re-raised.
+        """
+        if n <= step or self.workers == 1:
+            for i in range(0, n, step):
+                work(i)
+            return
+        counter = itertools.count(0, step)
+        failed: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                while not failed and (i := next(counter)) < n:
+                    work(i)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+        helpers = [self.pool.submit(drain) for _ in range(min(self.workers, -(-n // step)) - 1)]
+        try:
+            drain()
+        finally:
+            for f in helpers:
+                f.exception()  # wait for each; the first error is re-raised below
+        if failed:
+            raise failed[0]
+
+    def _run_compiled(self, fast: compiled.CompiledLane, n: int, chain: DecodeChain, full: np.ndarray) -> list[int]:
+        """Run the compiled lane over all ``n`` chunks; returns the chunks it left to the Python path."""
+        status = np.zeros(n, dtype=np.int8)
+        flat = full.reshape(-1).view(np.uint8)
+        # blocks of chunks per pull: a few per thread and batch, so threads finish together
+        step = max(1, min(64, n // (4 * self.workers)))
+
+        def work(first: int) -> None:
+            fast.run(first, min(first + step, n), status, flat, self._input_for(fast.input_bytes),
+                     self._scratch_for(chain.stored_nbytes), native.zstd_context())
+
+        self._each(n, work, step)
+        return np.flatnonzero(status != compiled.DONE).tolist()
 
     def close(self) -> None:
         """Stop the engine's own pool (the shared CPU pool lives as long as the process)."""

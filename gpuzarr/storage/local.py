@@ -132,6 +132,18 @@ class LocalFileFetcher(ChunkFetcher):
             raise FetchError(f"chunk key {key!r} escapes the store root {self.root}", key=key)
         return self._root_prefix + key
 
+    def local_paths(self, keys: Sequence[str]) -> list[str] | None:
+        """The file of each key, for code that opens files itself (the CPU engine's compiled lane).
+
+        Each key is checked as for every read (no key escapes the root). ``None`` when a
+        subclass or a wrapper set on this object changes how files are read: those reads
+        must go through its methods.
+        """
+        for name in ("read_into", "_with_open_file", "_path", "fetch"):
+            if getattr(getattr(self, name), "__func__", None) is not getattr(LocalFileFetcher, name):
+                return None
+        return [self._path(k) for k in keys]
+
     def _executor(self) -> ThreadPoolExecutor:
         if self._closed:
             raise FetchError(f"{self.store_id}: this array was closed; open it again to read from it")

@@ -1,0 +1,313 @@
+"""The CPU engine's compiled lane: read, check, decode and scatter a batch's chunks without Python per chunk.
+
+For the chains almost every array uses — raw bytes, Blosc or Zstd, each optionally
+behind a CRC32C, stored in the array's own (native) byte order with no array→array
+codec — one call of a Numba-compiled function per worker thread does, for each chunk
+it is handed: ``open``/``pread`` of the chunk's file or shard range (or the address
+of bytes already in memory), the CRC32C check, Blosc's header checks and
+``blosc_decompress_ctx`` or ``ZSTD_decompressDCtx``, and the copies of every piece
+into the batch. The compiled code calls the same C libraries the Python path calls
+(libc, numcodecs' c-blosc and zstd, google-crc32c's libcrc32c — zarr depends on it)
+through their addresses, passed in at run time, so the compiled code is cached on
+disk and holds no process-specific pointer. It runs without the GIL, so the worker
+threads decode in parallel instead of taking turns for their Python bookkeeping.
+
+It never decides an error on its own: a chunk it cannot finish — a file that is
+missing or unreadable, a failed checksum or decode, a Blosc chunk of several blocks
+that the Python path would decode only in part — is left marked, and the engine runs
+exactly that chunk through the one decode entry (:meth:`DecodeChain.decode`), which
+fills missing chunks, retries reads, decodes partially and raises the typed error
+naming the chunk. Values are therefore the Python path's by construction; the
+compiled lane only removes its per-chunk cost.
+
+Numba is optional (the ``fast`` extra; ``test``, ``bench`` and ``demo`` include it).
+Compiling takes seconds the first time in an environment (then it is loaded from
+Numba's cache), so by default it happens in a background thread on first use and
+batches take the Python path until it is ready; the ``cpu.compiled`` setting says
+``"background"`` (default), ``"eager"`` (compile on first use, wait for it) or
+``"off"``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpuzarr.settings import config
+from gpuzarr.threads import ForkLocal
+
+__all__ = ["CompiledLane", "available", "lane", "ready"]
+
+#: per-chunk status left by the compiled code: 0 not reached, DONE, or why the Python path must take it
+DONE, UNREADABLE, CORRUPT, PARTIAL = 1, 2, 3, 4
+#: the source of each chunk (``kinds`` table)
+WHOLE_FILE, FILE_RANGE, MEMORY, SKIP = 0, 1, 2, 3
+#: the codec of the chain (``codec`` argument)
+RAW, BLOSC, ZSTD = 0, 1, 2
+#: order of the C function addresses handed to the kernel
+#: flags of every ``open`` (read only, not inherited by a child process)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_FUNCTIONS = ("open", "pread", "lseek", "close", "crc32c_value", "ZSTD_decompressDCtx", "blosc_decompress_ctx")
+
+
+# ----------------------------------------------------------------------------- the C functions
+
+
+@functools.cache
+def function_addresses() -> np.ndarray | None:
+    """Addresses of the C functions the kernel calls, in :data:`_FUNCTIONS` order; None when one is missing."""
+    if os.name != "posix":
+        return None
+    try:
+        import google_crc32c._crc32c as crc_ext
+        import numcodecs.blosc
+        import numcodecs.zstd
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        crc = ctypes.CDLL(crc_ext.__file__)  # its libcrc32c is a dependency: dlsym finds the symbol through it
+        blosc = ctypes.CDLL(numcodecs.blosc.__file__)
+        zstd = ctypes.CDLL(numcodecs.zstd.__file__)
+        functions = (libc.open, libc.pread, libc.lseek, libc.close, crc.crc32c_value,
+                     zstd.ZSTD_decompressDCtx, blosc.blosc_decompress_ctx)
+        return np.array([ctypes.cast(f, ctypes.c_void_p).value for f in functions], dtype=np.int64)
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- compiling
+
+
+def _build() -> Any:
+    """Compile (or load from Numba's cache) the kernel; returns the dispatcher."""
+    from gpuzarr.engines import _compiled_kernel
+
+    kernel = _compiled_kernel.run_chunks
+    _compiled_kernel.warm_up(kernel)
+    return kernel
+
+
+class _Compiler:
+    """One compile per process, in a background thread or on the caller's; remade in a forked child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kernel: Any = None
+        self.failed: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def _compile(self) -> None:
+        try:
+            kernel = _build()
+        except ImportError as exc:  # numba missing: the Python path, silently (it is an optional extra)
+            self.failed = exc
+            return
+        except Exception as exc:  # noqa: BLE001 - any compiler failure leaves the Python path, said once
+            self.failed = exc
+            warnings.warn(f"gpuzarr: the CPU engine's compiled lane could not be built ({type(exc).__name__}: "
+                          f"{exc}); reading through the Python path", RuntimeWarning, stacklevel=2)
+            return
+        self.kernel = kernel
+
+    def get(self, wait: bool) -> Any:
+        if self.kernel is not None or self.failed is not None:
+            return self.kernel
+        with self.lock:
+            if self.thread is None:
+                if wait:
+                    self._compile()
+                    return self.kernel
+                self.thread = threading.Thread(target=self._compile, name="gpuzarr-compile", daemon=True)
+                self.thread.start()
+        if wait:
+            self.thread.join()
+        return self.kernel
+
+
+_compiler = ForkLocal(_Compiler)
+
+
+def available() -> bool:
+    """Whether the compiled lane can run here at all (Numba importable, the C functions found)."""
+    if function_addresses() is None:
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ready(wait: bool = False) -> bool:
+    """Whether the kernel is compiled (``wait``: compile now, or wait for the background compile)."""
+    if not available():
+        return False
+    return _compiler.get().get(wait) is not None
+
+
+def _kernel() -> Any:
+    """The compiled kernel when the ``cpu.compiled`` setting allows it and it is ready; else None."""
+    mode = config.get("cpu.compiled")
+    if mode in (False, "off") or not available():
+        return None
+    if mode not in ("background", "eager", True):
+        from gpuzarr.errors import ConfigurationError
+
+        raise ConfigurationError(f"cpu.compiled must be 'background', 'eager' or 'off', not {mode!r}")
+    return _compiler.get().get(wait=mode in ("eager", True))
+
+
+# ----------------------------------------------------------------------------- batch tables
+
+
+def chain_codec(chain: Any) -> tuple[int, bool] | None:
+    """``(codec, crc)`` when the compiled lane decodes ``chain`` exactly as :meth:`DecodeChain.decode` does; else None.
+
+    Raw, Blosc or Zstd bytes (optionally behind a CRC32C), the ``bytes`` codec in the
+    native byte order, no array→array codec, no change of data type.
+    """
+    from gpuzarr.codecs.chain import BloscStep, Crc32cStep, ZstdStep
+
+    if not chain._fixed or chain.array_steps or chain.stored_shape != chain.chunk_shape or not chain.chunk_shape:
+        return None
+    if chain._view_dtype != chain.dtype or chain._view_target != chain.dtype or chain.nbytes != chain.stored_nbytes:
+        return None
+    steps = list(chain.bytes_steps)
+    crc = bool(steps) and type(steps[0]) is Crc32cStep
+    if crc:
+        steps.pop(0)
+    if not steps:
+        return RAW, crc
+    if len(steps) == 1 and type(steps[0]) is BloscStep:
+        return BLOSC, crc
+    if len(steps) == 1 and type(steps[0]) is ZstdStep:
+        return ZSTD, crc
+    return None
+
+
+@dataclass
+class CompiledLane:
+    """One batch's tables for the kernel (see :func:`plan_tables`), and the buffers they point into."""
+
+    kernel: Any
+    kinds: np.ndarray      # int8 per chunk: WHOLE_FILE, FILE_RANGE, MEMORY or SKIP
+    path_index: np.ndarray  # int64 per chunk: which path in ``paths``
+    path_offsets: np.ndarray  # int64 per path: where its NUL-terminated bytes start in ``paths``
+    paths: np.ndarray       # uint8: the paths, NUL-terminated
+    starts: np.ndarray      # int64 per chunk: file offset (FILE_RANGE) or address (MEMORY)
+    lengths: np.ndarray     # int64 per chunk: bytes to read (FILE_RANGE, MEMORY)
+    piece_offsets: np.ndarray
+    src_offsets: np.ndarray
+    dst_offsets: np.ndarray
+    extents: np.ndarray     # (pieces, ndim) int64, the last axis in bytes
+    src_strides: np.ndarray
+    dst_strides: np.ndarray
+    codec: int
+    crc: bool
+    whole_blosc_only: bool
+    input_bytes: int
+    keep_alive: Any = None
+
+    def run(self, first: int, stop: int, status: np.ndarray, out: np.ndarray, inbuf: np.ndarray,
+            scratch: np.ndarray, zstd_ctx: int) -> None:
+        """Process chunks ``[first, stop)`` on the calling thread (the GIL is released inside)."""
+        self.kernel(first, stop, self.kinds, self.path_index, self.path_offsets, self.paths, self.starts,
+                    self.lengths, self.codec, self.crc, self.whole_blosc_only, inbuf, scratch, out,
+                    self.piece_offsets, self.src_offsets, self.dst_offsets, self.extents, self.src_strides,
+                    self.dst_strides, function_addresses(), zstd_ctx, _OPEN_FLAGS, status)
+
+
+def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool) -> CompiledLane | None:
+    """The compiled lane for one batch, or None when the Python path must take it whole.
+
+    ``full`` is the batch array the pieces are copied into (C-contiguous,
+    ``(n_regions, *region_shape)``); ``partial``: the Python path would decode only
+    the needed blocks of multi-block Blosc chunks (those chunks are left to it).
+    """
+    if plan.n_chunks == 0 or not full.flags.c_contiguous or full.dtype != chain.dtype:
+        return None
+    codec = chain_codec(chain)
+    if codec is None or chain.supports_prefix_decode:
+        return None
+    kernel = _kernel()
+    if kernel is None:
+        return None
+    sources = _sources(encoded, plan.n_chunks)
+    if sources is None:
+        return None
+    kinds, path_index, path_offsets, paths, starts, lengths, keep_alive = sources
+    itemsize = chain.dtype.itemsize
+    ndim = len(chain.chunk_shape)
+    chunk_strides = np.empty(ndim, dtype=np.int64)
+    chunk_strides[-1] = itemsize
+    for d in range(ndim - 2, -1, -1):
+        chunk_strides[d] = chunk_strides[d + 1] * chain.chunk_shape[d + 1]
+    out_strides = np.asarray(full.strides, dtype=np.int64)
+    src_offsets = plan.piece_src_start.astype(np.int64) @ chunk_strides
+    dst_offsets = plan.piece_dst_start.astype(np.int64) @ out_strides[1:] + plan.piece_region.astype(np.int64) * out_strides[0]
+    extents = plan.piece_extent.astype(np.int64)
+    extents[:, -1] *= itemsize
+    bound = chain.stored_nbytes + chain.stored_nbytes // 4 + (1 << 16) + 4
+    longest = int(lengths.max()) if lengths.size else 0
+    return CompiledLane(kernel, kinds, path_index, path_offsets, paths, starts, lengths,
+                        plan.chunk_piece_offsets.astype(np.int64), src_offsets, dst_offsets, extents,
+                        chunk_strides[:-1].copy(), out_strides[1:-1].copy(), codec[0], codec[1], partial,
+                        max(bound, longest), keep_alive)
+
+
+def _sources(encoded: Any, n: int) -> tuple | None:
+    """Per-chunk source tables from the reader's output; None when a source is not a local file or memory."""
+    from gpuzarr.storage.base import DeferredRead, DeferredReads
+
+    kinds = np.full(n, SKIP, dtype=np.int8)
+    starts = np.zeros(n, dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
+    if isinstance(encoded, DeferredReads):
+        paths_of = getattr(encoded.fetcher, "local_paths", None)
+        if paths_of is None:
+            return None
+        keys = encoded.keys
+        ranged = getattr(encoded, "starts", None)
+        unique = list(dict.fromkeys(k for k in keys if k is not None))
+        paths = paths_of(unique)
+        if paths is None:
+            return None
+        number = {k: i for i, k in enumerate(unique)}
+        path_index = np.fromiter((-1 if k is None else number[k] for k in keys), dtype=np.int64, count=n)
+        present = path_index >= 0
+        if ranged is None:
+            kinds[present] = WHOLE_FILE
+        else:
+            kinds[present] = FILE_RANGE
+            starts[:] = ranged
+            lengths[:] = encoded.lengths
+        blobs = [os.fsencode(p) + b"\0" for p in paths]
+        sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        path_offsets = np.zeros(len(blobs), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=path_offsets[1:])
+        blob = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(1, dtype=np.uint8)
+        return kinds, path_index, path_offsets, blob, starts, lengths, None
+    keep = []
+    for i in range(n):
+        data = encoded[i]
+        if data is None or isinstance(data, DeferredRead):
+            continue  # missing (filled by the Python path) or an odd mix: left to the Python path
+        try:  # one contiguous byte array per chunk (a copy only for a non-contiguous array)
+            view = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else \
+                np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        except (TypeError, ValueError):
+            continue
+        keep.append(view)
+        kinds[i] = MEMORY
+        starts[i] = view.ctypes.data
+        lengths[i] = view.nbytes
+    empty = np.zeros(0, dtype=np.int64)
+    return kinds, np.full(n, -1, dtype=np.int64), empty, np.zeros(1, dtype=np.uint8), starts, lengths, keep
+

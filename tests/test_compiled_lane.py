@@ -1,0 +1,304 @@
+"""The CPU engine's compiled lane (:mod:`gpuzarr.engines.compiled`) equals the Python path and zarr-python.
+
+The whole suite already reads through the lane wherever it applies (``conftest`` sets
+``cpu.compiled`` to ``"eager"``). Here: property tests that read the same batches with
+the lane on and off and compare both with zarr-python, with a check that the lane really
+took the chunks it should (local files, shards, bytes in memory); and the cases it must
+hand back to the Python path — missing chunks, corrupt bytes, truncated shards,
+multi-block Blosc chunks read in part, chains it does not decode — each still giving the
+Python path's values or its typed error naming the chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import (
+    ArraySpec,
+    CodecSpec,
+    array_specs,
+    assert_same_batch,
+    batches,
+    create_zarr_array,
+    scaled,
+    zarr_reference,
+)
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+import gpuzarr
+from gpuzarr.codecs import native
+from gpuzarr.engines import compiled
+from gpuzarr.engines.cpu import CpuEngine
+from gpuzarr.errors import ConfigurationError, CorruptChunkError
+
+pytestmark = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the 'fast' extra)")
+
+#: the chains the lane decodes: raw, Blosc or Zstd bytes, with or without a CRC32C, little-endian or single-byte
+LANE_CODECS = st.builds(
+    CodecSpec,
+    compressors=st.sampled_from(((), (ZstdCodec(level=1),), (ZstdCodec(level=2, checksum=True),), (BloscCodec(cname="lz4", shuffle="shuffle"),),
+                                 (BloscCodec(cname="zstd", shuffle="bitshuffle", clevel=3),),
+                                 (BloscCodec(cname="blosclz", shuffle="noshuffle"),),
+                                 (ZstdCodec(level=3), Crc32cCodec()), (Crc32cCodec(),),
+                                 (BloscCodec(cname="lz4hc", shuffle="shuffle"), Crc32cCodec()))),
+    serializer_endian=st.just("little"),
+    shards=st.sampled_from((None, None, "whole")),
+)
+
+
+def _lane_statuses(handle: gpuzarr.ArrayHandle, regions: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Run the lane alone on one batch: (its statuses, the batch array it filled); None when it does not apply."""
+    plan = handle.plan(regions)
+    encoded = handle.reader.read(plan.chunk_coords, deferred=True)
+    full = np.zeros((plan.n_regions, *plan.region_shape), dtype=handle.chain.dtype)
+    fast = compiled.lane(plan, encoded, handle.chain, full, partial=False)
+    if fast is None:
+        return None
+    engine = CpuEngine(workers=1)
+    try:
+        status = np.zeros(plan.n_chunks, dtype=np.int8)
+        fast.run(0, plan.n_chunks, status, full.reshape(-1).view(np.uint8), engine._input_for(fast.input_bytes),
+                 engine._scratch_for(handle.chain.stored_nbytes), native.zstd_context())
+    finally:
+        engine.close()
+    return status, full
+
+
+def _shard_spec(spec: ArraySpec) -> ArraySpec:
+    """``spec`` with ``shards="whole"`` turned into a shard shape of two chunks per axis (or the spec unchanged)."""
+    if spec.codecs.shards != "whole":
+        return spec
+    codecs = CodecSpec(compressors=spec.codecs.compressors, serializer_endian=spec.codecs.serializer_endian,
+                       shards=tuple(2 * c for c in spec.chunks))
+    return ArraySpec(spec.dtype, spec.shape, spec.chunks, codecs, spec.fill_value, spec.writes, spec.data_seed)
+
+
+@settings(max_examples=scaled(60))
+@given(data=st.data())
+def test_lane_equals_the_python_path_and_zarr_on_local_files(tmp_path_factory: pytest.TempPathFactory,
+                                                             data: st.DataObject) -> None:
+    spec = _shard_spec(data.draw(array_specs(codecs=LANE_CODECS, allow_sharding=False)))
+    path = tmp_path_factory.mktemp("lane") / "a.zarr"
+    arr = create_zarr_array(spec, str(path))
+    batch = data.draw(batches(spec.shape, max_regions=5))
+    regions = list(batch.regions)
+    handle = gpuzarr.open_array(str(path))
+    expected = zarr_reference(arr, regions)
+    with gpuzarr.config.set({"cpu.compiled": "off"}):
+        assert_same_batch(handle.read_batch(regions, device="cpu"), expected, context="python path")
+    assert_same_batch(handle.read_batch(regions, device="cpu"), expected, context="compiled lane")
+    # the lane took every chunk that exists on disk, and left exactly the missing ones
+    if handle.plan(regions).n_chunks == 0:
+        return
+    ran = _lane_statuses(handle, regions)
+    assert ran is not None, f"the lane should decode {handle.chain.codec_names}"
+    status, _ = ran
+    plan = handle.plan(regions)
+    present = np.array([k is not None for k in _present_keys(handle, plan)], dtype=bool)
+    assert np.array_equal(status == compiled.DONE, present)
+
+
+def _present_keys(handle: gpuzarr.ArrayHandle, plan: Any) -> list[Any]:
+    encoded = handle.reader.read(plan.chunk_coords, deferred=True)
+    if getattr(encoded, "starts", None) is not None:  # shards: None for an inner chunk never written
+        return list(encoded.keys)
+    root = Path(handle.reader.fetcher.local_paths([""])[0])
+    return [k if (root / k).exists() else None for k in encoded.keys]
+
+
+@settings(max_examples=scaled(40))
+@given(case=st.data())
+def test_lane_decodes_bytes_already_in_memory(case: st.DataObject) -> None:
+    """Chunks from a MemoryStore (and from the encoded-chunk cache) arrive as bytes: decoded where they lie."""
+    spec = _shard_spec(case.draw(array_specs(codecs=LANE_CODECS, allow_sharding=False)))
+    arr = create_zarr_array(spec, zarr.storage.MemoryStore())
+    regions = list(case.draw(batches(spec.shape, max_regions=4)).regions)
+    handle = gpuzarr.open_array(arr)
+    assert_same_batch(handle.read_batch(regions, device="cpu"), zarr_reference(arr, regions), context="memory")
+    if handle.plan(regions).n_chunks == 0:
+        return
+    ran = _lane_statuses(handle, regions)
+    assert ran is not None
+    status, _ = ran
+    assert set(np.unique(status).tolist()) <= {compiled.DONE, 0}  # 0: a chunk never written (no bytes)
+
+
+def _array(path: Path, codecs: dict[str, Any], shape: tuple[int, ...] = (64, 96), chunks: tuple[int, ...] = (16, 32),
+           dtype: str = "uint16", **kwargs: Any) -> tuple[zarr.Array, np.ndarray]:
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=7, **codecs, **kwargs)
+    data = (np.arange(int(np.prod(shape))) * 37 % 65521).astype(dtype).reshape(shape)
+    arr[:] = data
+    return arr, data
+
+
+CROPS = [(slice(3, 40), slice(5, 90)), (slice(20, 57), slice(0, 85))]
+CODECS = {
+    "zstd+crc32c": {"compressors": (ZstdCodec(level=3), Crc32cCodec())},
+    "blosc": {"compressors": (BloscCodec(cname="lz4", shuffle="shuffle"),)},
+    "raw": {"compressors": ()},
+}
+
+
+def _outcome(handle: gpuzarr.ArrayHandle, mode: str) -> Any:
+    """The batch, or the text of the CorruptChunkError (which must name the array)."""
+    with gpuzarr.config.set({"cpu.compiled": mode}):
+        try:
+            return handle.read_batch(CROPS, device="cpu")
+        except CorruptChunkError as exc:
+            assert exc.array == handle.name
+            return str(exc)
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_chunk_reads_as_the_python_path_reads_it(tmp_path: Path, name: str, damage: str) -> None:
+    """Same error text (naming the chunk), or — where a flipped byte is undetectable — the same values."""
+    path = tmp_path / "a.zarr"
+    _array(path, CODECS[name])
+    key = "c/0/0"
+    raw = bytearray((path / key).read_bytes())
+    if damage == "truncate":
+        del raw[-3:]
+    else:
+        raw[len(raw) // 2] ^= 0xFF
+    (path / key).write_bytes(bytes(raw))
+    handle = gpuzarr.open_array(str(path))
+    python, lane = _outcome(handle, "off"), _outcome(handle, "eager")
+    if damage == "truncate" or name == "zstd+crc32c":
+        assert isinstance(python, str) and key in python, python
+    if isinstance(python, str):
+        assert lane == python
+    else:
+        np.testing.assert_array_equal(lane, python)
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_damaged_inner_chunk_reads_as_the_python_path_reads_it(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "a.zarr"
+    _array(path, CODECS[name], shards=(32, 96))
+    raw = bytearray((path / "c/0/0").read_bytes())
+    raw[40] ^= 0xFF  # inside the first inner chunk
+    (path / "c/0/0").write_bytes(bytes(raw))
+    handle = gpuzarr.open_array(str(path))
+    python, lane = _outcome(handle, "off"), _outcome(handle, "eager")
+    if name == "zstd+crc32c":
+        assert isinstance(python, str) and "c/0/0" in python and "inner" in python, python
+    if isinstance(python, str):
+        assert lane == python
+    else:
+        np.testing.assert_array_equal(lane, python)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_missing_chunks_and_shards_read_as_fill(tmp_path: Path, sharded: bool) -> None:
+    path = tmp_path / "a.zarr"
+    _arr, _data = _array(path, CODECS["zstd+crc32c"], shards=(32, 96) if sharded else None)
+    os.remove(path / "c/1/0")  # a chunk, or a whole shard
+    expected = zarr_reference(zarr.open_array(str(path), mode="r"), CROPS)
+    handle = gpuzarr.open_array(str(path))
+    assert_same_batch(handle.read_batch(CROPS, device="cpu"), expected)
+    assert (expected == 7).any()
+
+
+def test_truncated_shard_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "a.zarr"
+    _array(path, CODECS["zstd+crc32c"], shards=(32, 96))
+    raw = (path / "c/0/0").read_bytes()
+    index = raw[-(6 * 16 + 4):]
+    (path / "c/0/0").write_bytes(raw[:100] + index)  # the index now points past the payload
+    handle = gpuzarr.open_array(str(path))
+    with pytest.raises(CorruptChunkError, match="c/0/0"):
+        handle.read_batch(CROPS, device="cpu")
+
+
+def test_multi_block_blosc_chunks_read_in_part_go_to_the_python_path(tmp_path: Path) -> None:
+    """Chunks above the partial-decode threshold with several Blosc blocks: the lane leaves them (statuses say so)."""
+    path = tmp_path / "a.zarr"
+    codecs = {"compressors": (BloscCodec(cname="zstd", shuffle="bitshuffle", blocksize=16384),)}
+    arr, _data = _array(path, codecs, shape=(600, 600), chunks=(400, 400), dtype="float32")
+    regions = [(slice(10, 50), slice(390, 420)), (slice(350, 390), slice(100, 130))]
+    handle = gpuzarr.open_array(str(path))
+    assert_same_batch(handle.read_batch(regions, device="cpu"), zarr_reference(arr, regions))
+    plan = handle.plan(regions)
+    full = np.zeros((plan.n_regions, *plan.region_shape), dtype=np.float32)
+    fast = compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full, partial=True)
+    assert fast is not None and fast.whole_blosc_only
+    status = np.zeros(plan.n_chunks, dtype=np.int8)
+    fast.run(0, plan.n_chunks, status, full.reshape(-1).view(np.uint8), np.empty(fast.input_bytes, dtype=np.uint8),
+             np.empty(handle.chain.stored_nbytes, dtype=np.uint8), native.zstd_context())
+    assert (status == compiled.PARTIAL).all() and not full.any()  # nothing written for chunks it left
+
+
+def test_chains_the_lane_does_not_decode_are_left_whole(tmp_path: Path) -> None:
+    path = tmp_path / "a.zarr"
+    arr, _ = _array(path, {"compressors": (ZstdCodec(),), "serializer": zarr.codecs.BytesCodec(endian="big")})
+    handle = gpuzarr.open_array(str(path))
+    assert compiled.chain_codec(handle.chain) is None
+    assert_same_batch(handle.read_batch(CROPS, device="cpu"), zarr_reference(arr, CROPS))
+
+
+def test_out_and_many_threads(tmp_path: Path) -> None:
+    path = tmp_path / "a.zarr"
+    arr, _ = _array(path, CODECS["blosc"], shape=(256, 256), chunks=(8, 8))
+    regions = [(slice(i, i + 40), slice(200 - i, 240 - i)) for i in range(0, 200, 7)]
+    handle = gpuzarr.open_array(str(path))
+    out = np.empty((len(regions), 40, 40), dtype=np.uint16)
+    with gpuzarr.config.set({"threads": 4}):
+        got = handle.read_batch(regions, device="cpu", out=out)
+    assert got is out or np.shares_memory(got, out)
+    assert_same_batch(out, zarr_reference(arr, regions))
+
+
+def test_setting_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "a.zarr"
+    _array(path, CODECS["blosc"])
+    handle = gpuzarr.open_array(str(path))
+    with gpuzarr.config.set({"cpu.compiled": "sometimes"}), pytest.raises(ConfigurationError, match="cpu.compiled"):
+        handle.read_batch(CROPS, device="cpu")
+
+
+def test_background_compile_then_the_lane_runs(tmp_path: Path) -> None:
+    """In a fresh process with the default setting, reads are right before and after the lane is ready."""
+    path = tmp_path / "a.zarr"
+    _arr, _ = _array(path, CODECS["zstd+crc32c"])
+    code = (
+        "import sys, numpy as np, zarr, gpuzarr\n"
+        "from gpuzarr.engines import compiled\n"
+        f"h = gpuzarr.open_array({str(path)!r}); z = zarr.open_array({str(path)!r}, mode='r')\n"
+        f"regions = {CROPS!r}\n"
+        "want = np.stack([z[r] for r in regions])\n"
+        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)\n"
+        "assert compiled.ready(wait=True)\n"
+        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GPUZARR_CPU__COMPILED"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          check=False)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_without_numba_the_python_path_reads(tmp_path: Path) -> None:
+    path = tmp_path / "a.zarr"
+    _arr, _ = _array(path, CODECS["zstd+crc32c"])
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import numpy as np, zarr, gpuzarr\n"
+        "from gpuzarr.engines import compiled\n"
+        "assert not compiled.available() and not compiled.ready(wait=True)\n"
+        f"h = gpuzarr.open_array({str(path)!r}); z = zarr.open_array({str(path)!r}, mode='r')\n"
+        f"regions = {CROPS!r}\n"
+        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), np.stack([z[r] for r in regions]))\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
