@@ -114,10 +114,14 @@ _RAW, _BLOSC, _ZSTD = 0, 1, 2
 
 
 @njit(nogil=True, cache=True)
-def run_chunks(first, stop, kinds, path_index, path_offsets, paths, starts, lengths, codec, crc,
+def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, starts, lengths, codec, crc,
                whole_blosc_only, inbuf, scratch, out, piece_offsets, src_offsets, dst_offsets, extents,
                src_strides, dst_strides, functions, zstd_ctx, open_flags, status):
-    """Chunks ``[first, stop)``: read, check, decode, copy their pieces into ``out``; ``status`` says how each went."""
+    """Chunks ``order[first:stop]``: read, check, decode, copy their pieces into ``out``; ``status`` says how each went.
+
+    ``order`` lists the chunks file by file and by offset within a file, so a shard
+    is opened once per run of its inner chunks and read front to back.
+    """
     f_open, f_pread, f_lseek, f_close = functions[0], functions[1], functions[2], functions[3]
     f_crc, f_zstd, f_blosc = functions[4], functions[5], functions[6]
     in_addr = inbuf.ctypes.data
@@ -130,7 +134,8 @@ def run_chunks(first, stop, kinds, path_index, path_offsets, paths, starts, leng
     index = np.zeros(max(outer, 1), dtype=np.int64)
     fd = -1
     fd_path = -1
-    for u in range(first, stop):
+    for k in range(first, stop):
+        u = order[k]
         kind = kinds[u]
         if kind > _MEMORY:
             continue
@@ -239,7 +244,7 @@ def warm_up(kernel) -> None:
     i64 = np.zeros(2, dtype=np.int64)
     kinds = np.full(1, 3, dtype=np.int8)
     scratch = np.zeros(8, dtype=np.uint8)
-    kernel(0, 1, kinds, np.zeros(1, dtype=np.int64), i64, np.zeros(1, dtype=np.uint8), i64, i64, 0, False, False,
+    kernel(0, 1, np.zeros(1, dtype=np.int64), kinds, np.zeros(1, dtype=np.int64), i64, np.zeros(1, dtype=np.uint8), i64, i64, 0, False, False,
            scratch.copy(), scratch, scratch.copy(), np.zeros(2, dtype=np.int64), i64, i64,
            np.zeros((1, 2), dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64),
            np.zeros(7, dtype=np.int64), 0, 0, np.zeros(1, dtype=np.int8))

@@ -197,6 +197,7 @@ class CompiledLane:
     """One batch's tables for the kernel (see :func:`plan_tables`), and the buffers they point into."""
 
     kernel: Any
+    order: np.ndarray      # int64: the chunks in the order they are processed (by file, then offset)
     kinds: np.ndarray      # int8 per chunk: WHOLE_FILE, FILE_RANGE, MEMORY or SKIP
     path_index: np.ndarray  # int64 per chunk: which path in ``paths``
     path_offsets: np.ndarray  # int64 per path: where its NUL-terminated bytes start in ``paths``
@@ -217,8 +218,8 @@ class CompiledLane:
 
     def run(self, first: int, stop: int, status: np.ndarray, out: np.ndarray, inbuf: np.ndarray,
             scratch: np.ndarray, zstd_ctx: int) -> None:
-        """Process chunks ``[first, stop)`` on the calling thread (the GIL is released inside)."""
-        self.kernel(first, stop, self.kinds, self.path_index, self.path_offsets, self.paths, self.starts,
+        """Process the chunks ``order[first:stop]`` on the calling thread (the GIL is released inside)."""
+        self.kernel(first, stop, self.order, self.kinds, self.path_index, self.path_offsets, self.paths, self.starts,
                     self.lengths, self.codec, self.crc, self.whole_blosc_only, inbuf, scratch, out,
                     self.piece_offsets, self.src_offsets, self.dst_offsets, self.extents, self.src_strides,
                     self.dst_strides, function_addresses(), zstd_ctx, _OPEN_FLAGS, status)
@@ -256,7 +257,8 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     extents[:, -1] *= itemsize
     bound = chain.stored_nbytes + chain.stored_nbytes // 4 + (1 << 16) + 4
     longest = int(lengths.max()) if lengths.size else 0
-    return CompiledLane(kernel, kinds, path_index, path_offsets, paths, starts, lengths,
+    order = np.lexsort((starts, path_index))  # by file, then offset (bytes in memory: by address)
+    return CompiledLane(kernel, order, kinds, path_index, path_offsets, paths, starts, lengths,
                         plan.chunk_piece_offsets.astype(np.int64), src_offsets, dst_offsets, extents,
                         chunk_strides[:-1].copy(), out_strides[1:-1].copy(), codec[0], codec[1], partial,
                         max(bound, longest), keep_alive)

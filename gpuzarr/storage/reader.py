@@ -333,16 +333,18 @@ class ChunkReader:
         uniq, inverse = np.unique(shard_coords, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         indexes = self.shard_indexes(uniq)
-        n = len(coords)
-        offsets = np.full(n, _MAX_UINT64, dtype=np.uint64)
-        lengths = np.zeros(n, dtype=np.uint64)
+        # every shard's index as rows of one table (a missing shard: empty entries), then one gather
+        per_shard = int(np.prod(cps))
+        table = np.empty((len(indexes), per_shard, 2), dtype=np.uint64)
         for s, index in enumerate(indexes):
             if index is None:
-                continue
-            members = np.flatnonzero(inverse == s)
-            entries = index[tuple(inner[members].T)]
-            offsets[members] = entries[:, 0]
-            lengths[members] = entries[:, 1]
+                table[s, :, 0] = _MAX_UINT64
+                table[s, :, 1] = 0
+            else:
+                table[s] = index.reshape(per_shard, 2)
+        entries = table[inverse, np.ravel_multi_index(tuple(inner.T), tuple(cps.tolist()))]
+        offsets = entries[:, 0]
+        lengths = entries[:, 1]
         present = offsets != _MAX_UINT64
         return uniq, inverse, inner, offsets, lengths, present
 
