@@ -228,6 +228,8 @@ def test_multi_block_blosc_chunks_read_in_part_go_to_the_python_path(tmp_path: P
     regions = [(slice(10, 50), slice(390, 420)), (slice(350, 390), slice(100, 130))]
     handle = gpuzarr.open_array(str(path))
     assert_same_batch(handle.read_batch(regions, device="cpu"), zarr_reference(arr, regions))
+    assert handle.chain in compiled._MULTI_BLOCK  # that batch taught the engine; forget it to look again
+    compiled._MULTI_BLOCK.discard(handle.chain)
     plan = handle.plan(regions)
     full = np.zeros((plan.n_regions, *plan.region_shape), dtype=np.float32)
     fast = compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full, partial=True)
@@ -236,6 +238,12 @@ def test_multi_block_blosc_chunks_read_in_part_go_to_the_python_path(tmp_path: P
     fast.run(0, plan.n_chunks, status, full.reshape(-1).view(np.uint8), np.empty(fast.input_bytes, dtype=np.uint8),
              np.empty(handle.chain.stored_nbytes, dtype=np.uint8), native.zstd_context())
     assert (status == compiled.PARTIAL).all() and not full.any()  # nothing written for chunks it left
+    # the engine learns from these statuses: the lane then leaves this chain's batches to the Python path
+    compiled.note_statuses(handle.chain, status)
+    assert compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full,
+                         partial=True) is None
+    assert compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full,
+                         partial=False) is not None
 
 
 def test_chains_the_lane_does_not_decode_are_left_whole(tmp_path: Path) -> None:

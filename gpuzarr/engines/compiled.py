@@ -36,6 +36,7 @@ import functools
 import os
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,17 +226,29 @@ class CompiledLane:
                     self.dst_strides, function_addresses(), zstd_ctx, _OPEN_FLAGS, status)
 
 
+#: chains whose Blosc chunks hold several blocks: read in part, the Python path decodes only the
+#: blocks a batch needs, so the lane (which would read a chunk only to hand it back) stays out
+_MULTI_BLOCK: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def note_statuses(chain: Any, status: np.ndarray) -> None:
+    """Learn from one batch's statuses: a chunk left for partial decode means the chain's chunks are multi-block."""
+    if (status == PARTIAL).any():
+        _MULTI_BLOCK.add(chain)
+
+
 def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool) -> CompiledLane | None:
     """The compiled lane for one batch, or None when the Python path must take it whole.
 
     ``full`` is the batch array the pieces are copied into (C-contiguous,
     ``(n_regions, *region_shape)``); ``partial``: the Python path would decode only
-    the needed blocks of multi-block Blosc chunks (those chunks are left to it).
+    the needed blocks of multi-block Blosc chunks (those chunks are left to it, and
+    once a batch has shown a chain's chunks to be multi-block, its batches too).
     """
     if plan.n_chunks == 0 or not full.flags.c_contiguous or full.dtype != chain.dtype:
         return None
     codec = chain_codec(chain)
-    if codec is None or chain.supports_prefix_decode:
+    if codec is None or chain.supports_prefix_decode or (partial and chain in _MULTI_BLOCK):
         return None
     kernel = _kernel()
     if kernel is None:

@@ -212,6 +212,7 @@ class CpuEngine:
                      self._scratch_for(chain.stored_nbytes), native.zstd_context())
 
         self._each(n, work, step)
+        compiled.note_statuses(chain, status)
         return np.flatnonzero(status != compiled.DONE).tolist()
 
     def close(self) -> None:
