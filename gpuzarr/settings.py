@@ -36,6 +36,8 @@ key                                    meaning
                                        ``"background"`` compiles it on first use in a
                                        thread and uses it once ready, ``"eager"`` waits
                                        for it on first use, ``"off"`` never uses it
+``cpu.compile_after_chunks``           chunks read before the background compile starts
+                                       (a script reading a few chunks never imports Numba)
 ``retry.max_attempts`` ...             defaults of :class:`gpuzarr.storage.retry.RetryPolicy`
 ``s3.client``                          ``"auto"``, ``"obstore"`` or ``"s3fs"``
 ``s3.max_concurrency``                 range GETs in flight per remote fetcher (S3 or HTTP)
@@ -63,6 +65,7 @@ DEFAULTS: dict = {
     },
     "cpu": {
         "compiled": "background",
+        "compile_after_chunks": 256,
     },
     "retry": {
         "max_attempts": 6,

@@ -275,7 +275,7 @@ def test_setting_is_checked(tmp_path: Path) -> None:
 
 
 def test_background_compile_then_the_lane_runs(tmp_path: Path) -> None:
-    """In a fresh process with the default setting, reads are right before and after the lane is ready."""
+    """In a fresh process with the default setting, reads are right before, during and after the compile."""
     path = tmp_path / "a.zarr"
     _arr, _ = _array(path, CODECS["zstd+crc32c"])
     code = (
@@ -285,6 +285,9 @@ def test_background_compile_then_the_lane_runs(tmp_path: Path) -> None:
         f"regions = {CROPS!r}\n"
         "want = np.stack([z[r] for r in regions])\n"
         "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)\n"
+        "assert 'numba' not in sys.modules  # a few chunks: no compile started\n"
+        "with gpuzarr.config.set({'cpu.compile_after_chunks': 1}):\n"
+        "    np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)  # starts it\n"
         "assert compiled.ready(wait=True)\n"
         "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)\n"
         "print('ok')\n"

@@ -22,7 +22,8 @@ compiled lane only removes its per-chunk cost.
 
 Numba is optional (the ``fast`` extra; ``test``, ``bench`` and ``demo`` include it).
 Compiling takes seconds the first time in an environment (then it is loaded from
-Numba's cache), so by default it happens in a background thread on first use and
+Numba's cache, about a second with Numba's import), so by default it happens in a
+background thread once a process has read ``cpu.compile_after_chunks`` chunks, and
 batches take the Python path until it is ready; the ``cpu.compiled`` setting says
 ``"background"`` (default), ``"eager"`` (compile on first use, wait for it) or
 ``"off"``.
@@ -33,7 +34,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.util
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -136,14 +139,12 @@ _compiler = ForkLocal(_Compiler)
 
 
 def available() -> bool:
-    """Whether the compiled lane can run here at all (Numba importable, the C functions found)."""
-    if function_addresses() is None:
-        return False
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the compiled lane can run here at all (Numba installed, the C functions found); imports nothing."""
+    if "numba" in sys.modules:
+        installed = sys.modules["numba"] is not None
+    else:
+        installed = importlib.util.find_spec("numba") is not None
+    return installed and function_addresses() is not None
 
 
 def ready(wait: bool = False) -> bool:
@@ -153,16 +154,31 @@ def ready(wait: bool = False) -> bool:
     return _compiler.get().get(wait) is not None
 
 
-def _kernel() -> Any:
-    """The compiled kernel when the ``cpu.compiled`` setting allows it and it is ready; else None."""
+def _kernel(n_chunks: int) -> Any:
+    """The compiled kernel when the ``cpu.compiled`` setting allows it and it is ready; else None.
+
+    In ``"background"`` mode the compile starts once ``cpu.compile_after_chunks`` chunks
+    have been asked of the lane in this process, so a script that reads a few chunks
+    never imports Numba.
+    """
+    global _chunks_seen
     mode = config.get("cpu.compiled")
-    if mode in (False, "off") or not available():
-        return None
-    if mode not in ("background", "eager", True):
+    if mode not in ("background", "eager", "off", True, False):
         from gpuzarr.errors import ConfigurationError
 
         raise ConfigurationError(f"cpu.compiled must be 'background', 'eager' or 'off', not {mode!r}")
-    return _compiler.get().get(wait=mode in ("eager", True))
+    if mode in (False, "off") or not available():
+        return None
+    compiler = _compiler.get()
+    if mode == "background" and compiler.thread is None and compiler.kernel is None:
+        _chunks_seen += n_chunks
+        if _chunks_seen < config.get("cpu.compile_after_chunks"):
+            return None
+    return compiler.get(wait=mode in ("eager", True))
+
+
+#: chunks asked of the lane before its background compile started (see ``cpu.compile_after_chunks``)
+_chunks_seen = 0
 
 
 # ----------------------------------------------------------------------------- batch tables
@@ -250,7 +266,7 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     codec = chain_codec(chain)
     if codec is None or chain.supports_prefix_decode or (partial and chain in _MULTI_BLOCK):
         return None
-    kernel = _kernel()
+    kernel = _kernel(plan.n_chunks)
     if kernel is None:
         return None
     sources = _sources(encoded, plan.n_chunks)
