@@ -20,7 +20,7 @@ fills missing chunks, retries reads, decodes partially and raises the typed erro
 naming the chunk. Values are therefore the Python path's by construction; the
 compiled lane only removes its per-chunk cost.
 
-Numba is optional (the ``fast`` extra; ``test``, ``bench`` and ``demo`` include it).
+Numba is optional (the ``fast`` extra; ``test`` and ``bench`` include it).
 Compiling takes seconds the first time in an environment (then it is loaded from
 Numba's cache, about a second with Numba's import), so by default it happens in a
 background thread once a process has read ``cpu.compile_after_chunks`` chunks, and
