@@ -100,10 +100,12 @@ def test_lane_equals_the_python_path_and_zarr_on_local_files(tmp_path_factory: p
     if handle.plan(regions).n_chunks == 0:
         return
     ran = _lane_statuses(handle, regions)
-    assert ran is not None, f"the lane should decode {handle.chain.codec_names}"
-    status, _ = ran
     plan = handle.plan(regions)
     present = np.array([k is not None for k in _present_keys(handle, plan)], dtype=bool)
+    if ran is None:  # only when the reader knows nothing under this batch was written (shard indexes)
+        assert not present.any(), f"the lane should decode {handle.chain.codec_names}"
+        return
+    status, _ = ran
     assert np.array_equal(status == compiled.DONE, present)
 
 
@@ -127,7 +129,9 @@ def test_lane_decodes_bytes_already_in_memory(case: st.DataObject) -> None:
     if handle.plan(regions).n_chunks == 0:
         return
     ran = _lane_statuses(handle, regions)
-    assert ran is not None
+    if ran is None:  # only when no chunk of the batch was ever written
+        assert all(x is None for x in handle.reader.read(handle.plan(regions).chunk_coords))
+        return
     status, _ = ran
     assert set(np.unique(status).tolist()) <= {compiled.DONE, 0}  # 0: a chunk never written (no bytes)
 

@@ -273,6 +273,8 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     if sources is None:
         return None
     kinds, path_index, path_offsets, paths, starts, lengths, keep_alive = sources
+    if (kinds == SKIP).all():  # nothing the lane can read (all missing, or reads it cannot make)
+        return None
     itemsize = chain.dtype.itemsize
     ndim = len(chain.chunk_shape)
     chunk_strides = np.empty(ndim, dtype=np.int64)
