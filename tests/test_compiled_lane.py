@@ -278,42 +278,40 @@ def test_setting_is_checked(tmp_path: Path) -> None:
         handle.read_batch(CROPS, device="cpu")
 
 
-def test_background_compile_then_the_lane_runs(tmp_path: Path) -> None:
-    """In a fresh process with the default setting, reads are right before, during and after the compile."""
-    path = tmp_path / "a.zarr"
-    _arr, _ = _array(path, CODECS["zstd+crc32c"])
+def _in_fresh_process(path: Path, prelude: str, body: str, env: dict[str, str] | None = None) -> None:
+    """Run ``prelude``, then ``body`` with ``h`` (gpuzarr), ``regions`` and ``want`` (zarr's batch), in a new Python."""
     code = (
+        f"{prelude}\n"
         "import sys, numpy as np, zarr, gpuzarr\n"
         "from gpuzarr.engines import compiled\n"
         f"h = gpuzarr.open_array({str(path)!r}); z = zarr.open_array({str(path)!r}, mode='r')\n"
         f"regions = {CROPS!r}\n"
         "want = np.stack([z[r] for r in regions])\n"
-        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)\n"
-        "assert 'numba' not in sys.modules  # a few chunks: no compile started\n"
-        "with gpuzarr.config.set({'cpu.compile_after_chunks': 1}):\n"
-        "    np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)  # starts it\n"
-        "assert compiled.ready(wait=True)\n"
-        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)\n"
+        f"{body}\n"
         "print('ok')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "GPUZARR_CPU__COMPILED"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                           check=False)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
 
 
+def test_background_compile_then_the_lane_runs(tmp_path: Path) -> None:
+    """In a fresh process with the default setting, reads are right before, during and after the compile."""
+    path = tmp_path / "a.zarr"
+    _array(path, CODECS["zstd+crc32c"])
+    env = {k: v for k, v in os.environ.items() if k != "GPUZARR_CPU__COMPILED"}
+    _in_fresh_process(path, "", (
+        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)\n"
+        "assert 'numba' not in sys.modules  # a few chunks: no compile started\n"
+        "with gpuzarr.config.set({'cpu.compile_after_chunks': 1}):\n"
+        "    np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)  # starts it\n"
+        "assert compiled.ready(wait=True)\n"
+        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)"), env=env)
+
+
 def test_without_numba_the_python_path_reads(tmp_path: Path) -> None:
     path = tmp_path / "a.zarr"
-    _arr, _ = _array(path, CODECS["zstd+crc32c"])
-    code = (
-        "import sys; sys.modules['numba'] = None\n"
-        "import numpy as np, zarr, gpuzarr\n"
-        "from gpuzarr.engines import compiled\n"
+    _array(path, CODECS["zstd+crc32c"])
+    _in_fresh_process(path, "import sys; sys.modules['numba'] = None", (
         "assert not compiled.available() and not compiled.ready(wait=True)\n"
-        f"h = gpuzarr.open_array({str(path)!r}); z = zarr.open_array({str(path)!r}, mode='r')\n"
-        f"regions = {CROPS!r}\n"
-        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), np.stack([z[r] for r in regions]))\n"
-        "print('ok')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+        "np.testing.assert_array_equal(h.read_batch(regions, device='cpu'), want)"))
