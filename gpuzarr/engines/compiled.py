@@ -266,15 +266,13 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     codec = chain_codec(chain)
     if codec is None or chain.supports_prefix_decode or (partial and chain in _MULTI_BLOCK):
         return None
+    sources = _sources(encoded, plan.n_chunks)
+    if sources is None or (sources[0] == SKIP).all():  # nothing the lane can read (missing, or reads it cannot make)
+        return None
     kernel = _kernel(plan.n_chunks)
     if kernel is None:
         return None
-    sources = _sources(encoded, plan.n_chunks)
-    if sources is None:
-        return None
     kinds, path_index, path_offsets, paths, starts, lengths, keep_alive = sources
-    if (kinds == SKIP).all():  # nothing the lane can read (all missing, or reads it cannot make)
-        return None
     itemsize = chain.dtype.itemsize
     ndim = len(chain.chunk_shape)
     chunk_strides = np.empty(ndim, dtype=np.int64)
