@@ -1,7 +1,7 @@
-"""Mutation check of the CUDA-on-CPU evidence: perturb a kernel or a launcher, see which test fails.
+"""Mutation check of the kernel evidence: perturb a kernel, a launcher or the compiled lane, see which test fails.
 
-Each mutation edits one file of this checkout (``kernels/*.cu`` or
-``gpuzarr/engines/gpu/kernels.py``) in place, runs the tests that should catch it, and
+Each mutation edits one file of this checkout (``kernels/*.cu``,
+``gpuzarr/engines/gpu/kernels.py`` or the CPU engine's compiled lane) in place, runs the tests that should catch it, and
 restores the file with ``git checkout`` (the script refuses to start while those files have
 uncommitted changes). Prints a table and writes JSON (``--out``). The kernels are rebuilt
 for the CPU automatically (the harness caches builds by source hash).
@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_TESTS = ["tests/test_kernels_on_cpu.py"]
+LANE_TESTS = ["tests/test_compiled_lane.py"]
 ENGINE_TESTS = ["tests/test_kernels_on_cpu.py", "tests/test_gpu_engine_emulated.py::test_blosc_random_geometry",
                 "tests/test_gpu_engine_emulated.py::test_output_transform_matches_cpu_engine",
                 "tests/test_gpu_engine_emulated.py::test_missing_chunks_read_fill"]
@@ -83,6 +84,21 @@ MUTATIONS = [
     ("L9", "gpuzarr/engines/gpu/kernels.py", "np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES), out)",
      "np.int64(n_blocks), np.int64(UNSHUFFLE_TILE_BYTES // 2), out)",
      "launch_unshuffle: tile size differs from the tile table's"),
+    # the CPU engine's compiled lane (Numba): its checks, its copies, and the tables it is handed
+    ("C1", "gpuzarr/engines/_compiled_kernel.py", "!= _load_u32(src + body):", "!= _load_u32(src + body) and False:",
+     "compiled lane: CRC32C mismatch ignored"),
+    ("C2", "gpuzarr/engines/_compiled_kernel.py", "if cbytes != body or nbytes != chunk_bytes:",
+     "if nbytes != chunk_bytes:", "compiled lane: Blosc cbytes not checked against the bytes read"),
+    ("C3", "gpuzarr/engines/_compiled_kernel.py", "_memcpy(do, so, run)", "_memcpy(do, so, run - 1)",
+     "compiled lane: each row copy one byte short"),
+    ("C4", "gpuzarr/engines/_compiled_kernel.py", "do += index[d] * dst_strides[d]", "do += index[d] * src_strides[d]",
+     "compiled lane: output rows stepped by the chunk's strides"),
+    ("C5", "gpuzarr/engines/_compiled_kernel.py", "status[u] = _CORRUPT  # a zstd error",
+     "status[u] = _DONE  # a zstd error", "compiled lane: a failed Zstd decode reported done"),
+    ("C6", "gpuzarr/engines/compiled.py", "+ plan.piece_region.astype(np.int64) * out_strides[0]", "",
+     "compiled lane tables: the region's offset in the batch dropped"),
+    ("C7", "gpuzarr/engines/compiled.py", "order = np.lexsort((starts, path_index))",
+     "order = np.lexsort((path_index, starts))", "compiled lane tables: chunks ordered by offset, then file"),
 ]
 
 
@@ -92,7 +108,7 @@ def run(mutation: tuple[str, str, str, str, str], python: str) -> dict[str, obje
     text = path.read_text()
     if text.count(old) != 1:
         return {"id": mid, "file": rel, "what": what, "error": f"pattern found {text.count(old)} times"}
-    tests = KERNEL_TESTS if rel.startswith("kernels/") else ENGINE_TESTS
+    tests = KERNEL_TESTS if rel.startswith("kernels/") else LANE_TESTS if "compiled" in rel else ENGINE_TESTS
     t0 = time.perf_counter()
     try:
         path.write_text(text.replace(old, new))
