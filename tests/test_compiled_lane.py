@@ -147,6 +147,7 @@ def _array(path: Path, codecs: dict[str, Any], shape: tuple[int, ...] = (64, 96)
 CROPS = [(slice(3, 40), slice(5, 90)), (slice(20, 57), slice(0, 85))]
 CODECS = {
     "zstd+crc32c": {"compressors": (ZstdCodec(level=3), Crc32cCodec())},
+    "zstd": {"compressors": (ZstdCodec(level=3),)},
     "blosc": {"compressors": (BloscCodec(cname="lz4", shuffle="shuffle"),)},
     "raw": {"compressors": ()},
 }
@@ -211,6 +212,22 @@ def test_missing_chunks_and_shards_read_as_fill(tmp_path: Path, sharded: bool) -
     handle = gpuzarr.open_array(str(path))
     assert_same_batch(handle.read_batch(CROPS, device="cpu"), expected)
     assert (expected == 7).any()
+
+
+def test_chunks_are_taken_shard_by_shard_front_to_back(tmp_path: Path) -> None:
+    """The lane's order groups a shard's inner chunks (one open each) and reads them by rising offset."""
+    path = tmp_path / "a.zarr"
+    _array(path, CODECS["zstd+crc32c"], shards=(32, 32))
+    handle = gpuzarr.open_array(str(path))
+    regions = [(slice(a, a + 20), slice(b, b + 40)) for a in (0, 10, 30, 44) for b in (0, 25, 50)]
+    plan = handle.plan(regions)
+    full = np.zeros((plan.n_regions, *plan.region_shape), dtype=np.uint16)
+    fast = compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full, partial=False)
+    assert fast is not None
+    files, offsets = fast.path_index[fast.order], fast.starts[fast.order]
+    assert len(np.unique(files)) > 1 and (np.diff(files) >= 0).all()
+    same = np.diff(files) == 0
+    assert (np.diff(offsets)[same] > 0).all()
 
 
 def test_truncated_shard_is_named(tmp_path: Path) -> None:
