@@ -29,9 +29,11 @@ demo:   ## set up, write the demo dataset, load random crops, print a table
 	$(call install,$(or $(EXTRAS),demo))
 	$(VENV)/bin/gpuzarr demo
 
-test:   ## the test suite, then the GPU tests once more under the CPU emulation of CUDA
+test:   ## the suite (CPU engine on its compiled lane), the oracle tests on the Python path, the GPU tests on the CPU emulation of CUDA
 	$(call install,$(or $(EXTRAS),test))
 	$(PY) -m pytest -q
+	GPUZARR_CPU__COMPILED=off $(PY) -m pytest -q tests/test_oracle.py tests/test_error_naming.py \
+		tests/test_native_codecs.py tests/test_fault_injection.py
 	GPUZARR_EMULATE_GPU=1 $(PY) -m pytest -q -m gpu
 
 test-gpu:   ## only the GPU tests (needs CUDA, CuPy, nvCOMP: EXTRAS=test,gpu)
