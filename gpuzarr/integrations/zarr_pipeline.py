@@ -70,7 +70,7 @@ from zarr.core.config import config as zarr_config
 from gpuzarr.codecs.chain import DecodeChain
 from gpuzarr.errors import CorruptChunkError, GpuzarrError, GpuzarrWarning, UnsupportedCodecError
 from gpuzarr.plan.planner import BatchPlan
-from gpuzarr.storage.base import DeferredRead
+from gpuzarr.storage.base import DeferredRead, DeferredReads
 from gpuzarr.storage.reader import ShardLayout, check_shard_index, decode_layout
 
 __all__ = ["GpuzarrCodecPipeline", "PipelineFallbackWarning", "PipelineUnsupportedError", "read_stats"]
@@ -355,6 +355,38 @@ class _GetterRead:
         return memoryview(buf.as_numpy_array())
 
 
+class _LocalStoreReads:
+    """A job's unsharded chunks in a ``LocalStore``: their files for the CPU engine's compiled lane.
+
+    The lane reads the files itself (``local_paths``: the store's root joined with the
+    chunk's key, as ``LocalStore.get`` reads them); every chunk it leaves — missing,
+    unreadable, corrupt, decoded in part — is read by the engine through ``read_into``,
+    i.e. zarr's own getter, which also records the chunks that do not exist.
+    """
+
+    reads_into_buffers = True
+
+    def __init__(self, root: str, keys: list[str], reads: list[_GetterRead]) -> None:
+        self.root = root
+        self.by_key = dict(zip(keys, reads, strict=True))
+
+    def local_paths(self, keys: Sequence[str]) -> list[str]:
+        return [os.path.join(self.root, k) for k in keys]
+
+    def read_into(self, key: str, buffer_for: Any) -> memoryview | None:
+        return self.by_key[key].read_into(key, buffer_for)
+
+
+def _local_root(getter: Any) -> str | None:
+    """The directory of a plain ``LocalStore`` behind ``getter`` (a subclass or wrapper: None)."""
+    from zarr.storage import LocalStore
+    from zarr.storage._common import StorePath
+
+    if isinstance(getter, StorePath) and type(getter.store) is LocalStore:
+        return str(getter.store.root)
+    return None
+
+
 def _supports_sync_get(getter: Any) -> bool:
     from zarr.abc.store import SyncByteGetter, _store_supports_sync_io
     from zarr.storage._common import StorePath
@@ -573,6 +605,11 @@ class _Job:
         if self.layout.shard is None:
             if not self.gpu:
                 self._reads = [_GetterRead(it[0], self.proto) for it in self.items]
+                root = _local_root(self.items[0][0]) if self.items else None
+                if root is not None:
+                    keys = [str(it[0].path) for it in self.items]
+                    units = [keys[i] for i in self.piece_item.tolist()]
+                    return DeferredReads(_LocalStoreReads(root, keys, self._reads), units)  # type: ignore[return-value]
                 return [DeferredRead(self._reads[i], "") for i in self.piece_item.tolist()]  # type: ignore[arg-type]
             raws = [it[0].get_sync(prototype=self.proto) for it in self.items]
             return self.whole_chunks(raws)
