@@ -13,6 +13,9 @@ Pipelines (each one that is installed): zarr's default ``BatchedCodecPipeline``,
     ``--sharded-crops`` random ``a[t, y:y+128, x:x+128]`` reads of a uint16
     ``(32, 2048, 2048)`` array, shards ``(1, 1024, 1024)``, inner chunks ``(1, 128, 128)``,
     zstd + crc32c.
+``unsharded``
+    the same reads of a uint16 ``(8, 2048, 2048)`` array of the same ``(1, 128, 128)``
+    zstd + crc32c chunks, unsharded: one small file per chunk in a ``LocalStore``.
 
 Rounds are interleaved (round r runs every pipeline on every workload, in an order that
 rotates with r), the same seeded selections for every pipeline; the first round checks
@@ -72,14 +75,15 @@ def available_pipelines(names: list[str]) -> dict[str, str]:
     return out
 
 
-def sharded_array(path: Path, shape: tuple[int, int, int], shard: int, inner: int) -> Path:
-    """The sharded uint16 workload array (smooth, compressible data), written once."""
+def sharded_array(path: Path, shape: tuple[int, int, int], shard: int | None, inner: int) -> Path:
+    """The sharded uint16 workload array (smooth, compressible data), written once; ``shard=None``: unsharded."""
     import zarr
 
     marker = path / ".complete"
     if marker.exists():
         return path
-    arr = zarr.create_array(str(path), shape=shape, chunks=(1, inner, inner), shards=(1, shard, shard),
+    shards = None if shard is None else (1, shard, shard)
+    arr = zarr.create_array(str(path), shape=shape, chunks=(1, inner, inner), shards=shards,
                             dtype="uint16", compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
                             fill_value=0, overwrite=True)
     rng = np.random.default_rng(1)
@@ -100,11 +104,13 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, list[Any]]]:
         demo = ensure_demo_dataset(data / "demo-quick.zarr", 2, height=256, width=512, chunk=128, progress=False)
         crop, n_crops = 96, 4
         sharded = sharded_array(data / "sharded-quick.zarr", (2, 256, 256), 128, 32)
+        unsharded = sharded_array(data / "unsharded-quick.zarr", (2, 256, 256), None, 32)
         sc, n_sc = 32, 8
     else:
         demo = ensure_demo_dataset(data / "demo.zarr", args.frames, progress=True)
         crop, n_crops = 960, args.crops
         sharded = sharded_array(data / "sharded.zarr", (32, 2048, 2048), 1024, 128)
+        unsharded = sharded_array(data / "unsharded.zarr", (8, 2048, 2048), None, 128)
         sc, n_sc = 128, args.sharded_crops
     import zarr
 
@@ -119,10 +125,15 @@ def workloads(args: argparse.Namespace) -> dict[str, tuple[str, list[Any]]]:
     scrops = [(int(rng.integers(st)), slice(int(y), int(y) + sc), slice(int(x), int(x) + sc))
               for y, x in zip(rng.integers(0, sh_h - sc + 1, n_sc), rng.integers(0, sh_w - sc + 1, n_sc),
                               strict=True)]
+    un = zarr.open_array(str(unsharded), mode="r")
+    ucrops = [(int(rng.integers(un.shape[0])), slice(int(y), int(y) + sc), slice(int(x), int(x) + sc))
+              for y, x in zip(rng.integers(0, un.shape[1] - sc + 1, n_sc), rng.integers(0, un.shape[2] - sc + 1, n_sc),
+                              strict=True)]
     return {
         "whole": (str(demo / "raw"), [Ellipsis]),
         "crops": (str(demo / "raw"), crops),
         "sharded": (str(sharded), scrops),
+        "unsharded": (str(unsharded), ucrops),
     }
 
 
@@ -155,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
-    parser.add_argument("--workloads", nargs="+", default=["whole", "crops", "sharded"],
-                        choices=["whole", "crops", "sharded"])
+    parser.add_argument("--workloads", nargs="+", default=["whole", "crops", "sharded", "unsharded"],
+                        choices=["whole", "crops", "sharded", "unsharded"])
     parser.add_argument("--quick", action="store_true", help="tiny datasets and one round: a smoke run")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args(argv)

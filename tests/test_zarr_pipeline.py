@@ -320,7 +320,8 @@ def test_benchmark_script_quick_run(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     rows = {(r["workload"], r["pipeline"]) for r in result["rows"]}
-    assert {("whole", "gpuzarr"), ("crops", "gpuzarr"), ("sharded", "gpuzarr"), ("sharded", "default")} <= rows
+    assert {("whole", "gpuzarr"), ("crops", "gpuzarr"), ("sharded", "gpuzarr"), ("sharded", "default"),
+            ("unsharded", "gpuzarr")} <= rows
     assert "x default" in run.stdout
 
 
