@@ -356,3 +356,23 @@ def test_zarr_plugin_reads_local_store_chunks_through_the_lane(tmp_path: Path, n
         for sel, want in zip(selections, expected, strict=True):
             np.testing.assert_array_equal(arr[sel], want)
     assert sum(ran) > 0
+
+
+def test_large_zstd_chunks_whole_in_the_lane_prefixes_in_the_python_path(tmp_path: Path) -> None:
+    """Chunks above one Zstd block: read whole → the lane; read only near the front → left for the prefix decode."""
+    path = tmp_path / "a.zarr"
+    arr, _ = _array(path, CODECS["zstd"], shape=(1024, 512), chunks=(512, 512))
+    regions = [(slice(0, 512), slice(0, 512)), (slice(512, 1024), slice(0, 512)), (slice(512, 1024), slice(0, 512))]
+    top_rows = [(slice(0, 40), slice(0, 512)), (slice(600, 640), slice(0, 512))]
+    handle = gpuzarr.open_array(str(path))
+    assert handle.chain.supports_prefix_decode
+    for batch in (regions, top_rows, [*top_rows, (slice(470, 510), slice(0, 512))]):
+        assert_same_batch(handle.read_batch(batch, device="cpu"), zarr_reference(arr, batch))
+    plan = handle.plan(regions)
+    full = np.zeros((plan.n_regions, *plan.region_shape), dtype=np.uint16)
+    fast = compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full, partial=False)
+    assert fast is not None and (fast.kinds == compiled.WHOLE_FILE).all()
+    plan = handle.plan(top_rows)
+    full = np.zeros((plan.n_regions, *plan.region_shape), dtype=np.uint16)
+    assert compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full,
+                         partial=False) is None  # both chunks are read only at their front

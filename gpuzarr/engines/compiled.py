@@ -264,10 +264,20 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     if plan.n_chunks == 0 or not full.flags.c_contiguous or full.dtype != chain.dtype:
         return None
     codec = chain_codec(chain)
-    if codec is None or chain.supports_prefix_decode or (partial and chain in _MULTI_BLOCK):
+    if codec is None or (partial and chain in _MULTI_BLOCK):
         return None
     sources = _sources(encoded, plan.n_chunks)
-    if sources is None or (sources[0] == SKIP).all():  # nothing the lane can read (missing, or reads it cannot make)
+    if sources is None:
+        return None
+    if chain.supports_prefix_decode:
+        # a Zstd chunk whose pieces end at least one whole Zstd block before its end is left to the
+        # Python path, which decodes only that prefix; the lane decodes the others whole
+        from gpuzarr.codecs.native import ZSTD_BLOCK_MAX
+        from gpuzarr.plan.planner import chunk_byte_limits
+
+        limits = chunk_byte_limits(plan, chain.chunk_shape, chain.dtype.itemsize)
+        sources[0][chain.stored_nbytes - limits >= ZSTD_BLOCK_MAX] = SKIP
+    if (sources[0] == SKIP).all():  # nothing the lane can read (missing, or reads it cannot make)
         return None
     kernel = _kernel(plan.n_chunks)
     if kernel is None:
