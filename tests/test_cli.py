@@ -41,13 +41,16 @@ def test_info_json_says_why() -> None:
     proc = run_cli("info", "--json", timeout=90)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    for name in ("python", "gpuzarr", "numpy", "zarr", "numcodecs", "cupy", "cuda", "nvcomp", "kvikio",
+    for name in ("python", "gpuzarr", "numpy", "zarr", "numcodecs", "cpu lane", "cupy", "cuda", "nvcomp", "kvikio",
                  "gpu engine", "nvml", "dali", "torch", "tensorstore", "zarrs"):
         entry = report[name]
         assert entry["status"] == "usable" if entry["usable"] else entry["status"].startswith("not usable: ")
         if not entry["usable"]:
             assert entry["detail"], f"{name} is not usable but gives no reason"
     assert report["python"]["usable"] and report["zarr"]["usable"]
+    from gpuzarr.engines import compiled
+
+    assert report["cpu lane"]["usable"] == compiled.available()
     from gpuzarr import _optional
 
     assert report["gpu engine"]["usable"] == bool(_optional.gpu_engine())

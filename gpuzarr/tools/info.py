@@ -253,12 +253,30 @@ def _probe_zarrs() -> Component:
     return Component("zarrs", True, version, "codec_pipeline.path = zarrs.ZarrsCodecPipeline")
 
 
+def _probe_cpu_lane() -> Component:
+    """The CPU engine's compiled lane (gpuzarr.engines.compiled): Numba installed and the C functions found."""
+    from gpuzarr.engines import compiled
+    from gpuzarr.settings import config
+
+    version = distribution_version("numba")
+    mode = config.get("cpu.compiled")
+    if compiled.available():
+        return Component("cpu lane", True, version, f"numba; cpu.compiled={mode!r}")
+    if compiled.function_addresses() is None:
+        return Component("cpu lane", False, version,
+                         "the C decoders' symbols were not found: the CPU engine reads through its Python path")
+    return Component("cpu lane", False, version,
+                     "numba is not installed (pip install 'gpuzarr[fast]'): the CPU engine reads through its "
+                     "Python path")
+
+
 PROBES: dict[str, Callable[[], Component]] = {
     "python": _probe_python,
     "gpuzarr": _probe_gpuzarr,
     "numpy": _probe_import("numpy", "numpy"),
     "zarr": _probe_import("zarr", "zarr"),
     "numcodecs": _probe_import("numcodecs", "numcodecs"),
+    "cpu lane": _probe_cpu_lane,
     "cupy": _probe_cupy,
     "cuda": _probe_cuda,
     "nvcomp": _probe_nvcomp,
