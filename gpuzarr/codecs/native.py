@@ -168,6 +168,22 @@ def _zstd_error(lib: Any, code: int) -> ValueError:
     return ValueError(f"zstd: {lib.ZSTD_getErrorName(code).decode(errors='replace')}")
 
 
+def prefix_skips_a_block(nbytes: Any, limit: Any) -> Any:
+    """Whether decoding a Zstd frame of ``nbytes`` only up to ``limit`` leaves at least one whole block undecoded.
+
+    A decoder produces whole blocks (at most 128 KiB each; compressors cut full-size blocks
+    once a frame is larger than one): stopping after the block that holds byte ``limit - 1``
+    (at least the first block) saves something only if another block follows. Works on
+    ints and on NumPy arrays alike.
+    """
+    blocks_needed = -(-limit // ZSTD_BLOCK_MAX)
+    if isinstance(blocks_needed, np.ndarray):
+        blocks_needed = np.maximum(blocks_needed, 1)
+    else:
+        blocks_needed = max(blocks_needed, 1)
+    return nbytes > blocks_needed * ZSTD_BLOCK_MAX
+
+
 def zstd_decompress_into(src: Any, dest: np.ndarray, limit: int | None = None) -> None:
     """Decode one Zstd frame into ``dest``.
 
@@ -185,7 +201,7 @@ def zstd_decompress_into(src: Any, dest: np.ndarray, limit: int | None = None) -
     # a prefix only when it skips at least one whole Zstd block (a block decodes whole: streaming a
     # prefix of a one-block frame saves nothing and costs a copy and several calls), and only of a
     # frame that declares exactly dest's size (else the one-shot decode below says what is wrong)
-    if (limit is not None and dest.nbytes - limit >= ZSTD_BLOCK_MAX
+    if (limit is not None and prefix_skips_a_block(dest.nbytes, limit)
             and lib.ZSTD_getFrameContentSize(src_address, src_size) == dest.nbytes
             and _zstd_prefix(lib, state, src_address, src_size, dst_address, dest.nbytes, limit)):
         return

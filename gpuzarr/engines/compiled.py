@@ -270,13 +270,13 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     if sources is None:
         return None
     if chain.supports_prefix_decode:
-        # a Zstd chunk whose pieces end at least one whole Zstd block before its end is left to the
-        # Python path, which decodes only that prefix; the lane decodes the others whole
-        from gpuzarr.codecs.native import ZSTD_BLOCK_MAX
+        # a Zstd chunk whose pieces end early enough that a prefix skips a whole Zstd block is left
+        # to the Python path, which decodes only that prefix; the lane decodes the others whole
+        from gpuzarr.codecs.native import prefix_skips_a_block
         from gpuzarr.plan.planner import chunk_byte_limits
 
         limits = chunk_byte_limits(plan, chain.chunk_shape, chain.dtype.itemsize)
-        sources[0][chain.stored_nbytes - limits >= ZSTD_BLOCK_MAX] = SKIP
+        sources[0][prefix_skips_a_block(chain.stored_nbytes, limits)] = SKIP
     if (sources[0] == SKIP).all():  # nothing the lane can read (missing, or reads it cannot make)
         return None
     kernel = _kernel(plan.n_chunks)
