@@ -161,3 +161,19 @@ def test_plain_bounds_fast_path_agrees_with_the_careful_path(shape: list[int], d
         expect = np.zeros(shape)[first]
         assert tuple(int(e) for d, e in enumerate(careful.stops[0] - careful.starts[0])
                      if d not in careful.squeeze_axes) == expect.shape
+
+
+def test_prefixes_stay_prefixes_across_frames_of_different_sizes() -> None:
+    """A thread's decoder context left inside a frame by one prefix still streams the next frame's prefix.
+
+    (Its window limit can only change between frames: set before ending the previous session,
+    it failed, and every later prefix silently decoded whole.)
+    """
+    for n in (300_000, 200_000, 450_000, 300_000, 140_000):
+        raw = _data(n, n)
+        frame = zstandard.ZstdCompressor(level=3).compress(raw)
+        dest = np.full(n, 0xAB, dtype=np.uint8)
+        ZstdStep(cap=n, exact=True).decode_into(frame, dest, 1000)
+        got = dest.tobytes()
+        assert got[:1000] == raw[:1000]
+        assert got[-1000:] == b"\xab" * 1000, f"frame of {n} bytes was decoded whole"

@@ -220,12 +220,14 @@ def _zstd_prefix(lib: Any, state: _ThreadContext, src_address: int, src_size: in
     asking for more, or any other error, is left to the one-shot decoder, which
     needs no window and reports the real problem.
     """
+    # the previous prefix left the context inside its frame: end that session first (a parameter
+    # can only be set between frames, so setting it before the reset failed and disabled prefixes)
+    lib.ZSTD_DCtx_reset(state.ctx, _ZSTD_RESET_SESSION)
     window_log = max(10, int(nbytes - 1).bit_length())
     if state.window_log != window_log:
         if lib.ZSTD_isError(lib.ZSTD_DCtx_setParameter(state.ctx, _ZSTD_D_WINDOW_LOG_MAX, window_log)):
-            return False  # pragma: no cover - a valid parameter
+            return False  # pragma: no cover - a valid parameter between frames
         state.window_log = window_log
-    lib.ZSTD_DCtx_reset(state.ctx, _ZSTD_RESET_SESSION)
     inb, outb = state.inb, state.outb
     inb.src, inb.size, inb.pos = src_address, src_size, 0
     outb.dst, outb.size, outb.pos = dst_address, limit, 0
