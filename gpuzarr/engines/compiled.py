@@ -211,7 +211,7 @@ def chain_codec(chain: Any) -> tuple[int, bool] | None:
 
 @dataclass
 class CompiledLane:
-    """One batch's tables for the kernel (see :func:`plan_tables`), and the buffers they point into."""
+    """One batch's tables for the kernel (made by :func:`lane`), and the buffers they point into."""
 
     kernel: Any
     order: np.ndarray      # int64: the chunks in the order they are processed (by file, then offset)
@@ -283,18 +283,17 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     if kernel is None:
         return None
     kinds, path_index, path_offsets, paths, starts, lengths, keep_alive = sources
+    from gpuzarr.codecs.chain import encoded_bound
+    from gpuzarr.plan.layout import chunk_strides as element_strides
+
     itemsize = chain.dtype.itemsize
-    ndim = len(chain.chunk_shape)
-    chunk_strides = np.empty(ndim, dtype=np.int64)
-    chunk_strides[-1] = itemsize
-    for d in range(ndim - 2, -1, -1):
-        chunk_strides[d] = chunk_strides[d + 1] * chain.chunk_shape[d + 1]
+    chunk_strides = element_strides(chain.chunk_shape) * itemsize  # bytes, C order (no transpose on the lane)
     out_strides = np.asarray(full.strides, dtype=np.int64)
     src_offsets = plan.piece_src_start.astype(np.int64) @ chunk_strides
     dst_offsets = plan.piece_dst_start.astype(np.int64) @ out_strides[1:] + plan.piece_region.astype(np.int64) * out_strides[0]
     extents = plan.piece_extent.astype(np.int64)
     extents[:, -1] *= itemsize
-    bound = chain.stored_nbytes + chain.stored_nbytes // 4 + (1 << 16) + 4
+    bound = encoded_bound(chain.stored_nbytes) + 4  # the compressed chunk and its CRC32C
     longest = int(lengths.max()) if lengths.size else 0
     order = np.lexsort((starts, path_index))  # by file, then offset (bytes in memory: by address)
     return CompiledLane(kernel, order, kinds, path_index, path_offsets, paths, starts, lengths,
