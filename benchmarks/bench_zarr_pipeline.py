@@ -155,6 +155,75 @@ def run_one(pipeline: str, path: str, selections: list[Any]) -> tuple[float, flo
         return time.perf_counter() - t0, _cpu_seconds() - c0, results
 
 
+def _region(sel: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """A zarr selection of integers, step-1 slices or ``...`` as the box of slices gpuzarr plans."""
+    items = () if sel is Ellipsis else (sel if isinstance(sel, tuple) else (sel,))
+    items = items + (slice(None),) * (len(shape) - len(items))
+    return tuple(slice(s, s + 1) if isinstance(s, int) else slice(*s.indices(n)[:2]) for s, n in zip(items, shape,
+                                                                                                      strict=True))
+
+
+def blosc_floor(path: str, selections: list[Any], threads: int, rounds: int) -> list[float] | None:
+    """Seconds per round of the least work any c-blosc reader must do for ``selections``; None: not plain Blosc.
+
+    For each selection, one after the other as a user's ``a[sel]`` calls come: decode the
+    Blosc blocks its bytes lie in (every block of every chunk it touches that holds a
+    byte it reads, the blocks split evenly over ``threads`` threads) with c-blosc's own
+    ``blosc_getitem``, from bytes already in memory, into a scratch buffer; nothing else
+    (no file read, no copy into an output, no planning timed). A reader built on c-blosc
+    cannot be faster than this, so ``default ÷ floor`` bounds every such reader's
+    speed-up over the default pipeline on this machine.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gpuzarr
+    from gpuzarr.codecs import native
+    from gpuzarr.codecs.blosc.format import header_fields
+    from gpuzarr.codecs.blosc.partial import block_runs
+    from gpuzarr.plan.planner import chunk_byte_intervals
+
+    handle = gpuzarr.open_array(path)
+    if handle.chain.codec_names[-1:] != ("blosc",) or len(handle.chain.codec_names) > 2 or not native.available():
+        return None
+    itemsize = handle.dtype.itemsize
+    work: list[list[list[tuple[int, int, int]]]] = []  # per selection, per thread: (address, first item, items)
+    keep = []  # the chunks' bytes, alive while their addresses are used
+    largest = 1
+    for sel in selections:
+        plan = handle.plan([_region(sel, handle.shape)])
+        encoded = handle.reader.read(plan.chunk_coords)
+        iv, off = chunk_byte_intervals(plan, handle.chunks, itemsize)
+        blocks = []
+        for u, buf in enumerate(encoded):
+            if buf is None:
+                continue
+            src = np.frombuffer(memoryview(buf), dtype=np.uint8).copy()
+            keep.append(src)
+            _, _, _, typesize, nbytes, blocksize, _ = header_fields(src)
+            nblocks = -(-nbytes // blocksize)
+            largest = max(largest, min(blocksize, nbytes))
+            for b0, b1 in block_runs(iv[off[u]:off[u + 1]], blocksize, nblocks):
+                for b in range(b0, b1):
+                    lo, hi = b * blocksize, min((b + 1) * blocksize, nbytes)
+                    blocks.append((native.address(src), lo // typesize, (hi - lo) // typesize))
+        work.append([blocks[i::threads] for i in range(threads)])
+    scratch = [np.empty(largest, dtype=np.uint8) for _ in range(threads)]
+
+    def decode(i: int, blocks: list[tuple[int, int, int]]) -> None:
+        dest = native.address(scratch[i])
+        for address, first, n_items in blocks:
+            native.blosc_getitem_into(address, first, n_items, dest)
+
+    times = []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for per_thread in work:
+                list(pool.map(decode, range(threads), per_thread))
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -241,10 +241,42 @@ def test_truncated_shard_is_named(tmp_path: Path) -> None:
         handle.read_batch(CROPS, device="cpu")
 
 
-def test_multi_block_blosc_chunks_read_in_part_go_to_the_python_path(tmp_path: Path) -> None:
-    """Chunks above the partial-decode threshold with several Blosc blocks: the lane leaves them (statuses say so)."""
+def test_multi_block_blosc_chunks_read_in_part_decode_only_the_blocks_read(tmp_path: Path) -> None:
+    """Zstd inside Blosc, read in part: the lane decodes only the blocks the pieces read (a damaged block no piece
+    reads does not stop it), for every shuffle and item size."""
+    for shuffle, dtype in (("bitshuffle", "float32"), ("shuffle", "uint16"), ("noshuffle", "int64"), ("bitshuffle", "uint8")):
+        path = tmp_path / f"{shuffle}-{dtype}.zarr"
+        codecs = {"compressors": (BloscCodec(cname="zstd", shuffle=shuffle, blocksize=16384),)}
+        side = 400 if np.dtype(dtype).itemsize > 1 else 800  # chunks above partial_decode.min_chunk_bytes
+        arr, _data = _array(path, codecs, shape=(side + 200, side + 200), chunks=(side, side), dtype=dtype)
+        regions = [(slice(10, 50), slice(390, 420)), (slice(350, 390), slice(100, 130))]
+        handle = gpuzarr.open_array(str(path))
+        plan = handle.plan(regions)
+        full = np.zeros((plan.n_regions, *plan.region_shape), dtype=dtype)
+        fast = compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full,
+                             partial=True)
+        assert fast is not None and fast.partial
+        status = np.zeros(plan.n_chunks, dtype=np.int8)
+        fast.run(0, plan.n_chunks, status, full.reshape(-1).view(np.uint8), np.empty(fast.input_bytes, dtype=np.uint8),
+                 np.empty(handle.chain.stored_nbytes, dtype=np.uint8), native.zstd_context())
+        assert (status == compiled.DONE).all()
+        expected = zarr_reference(arr, regions)
+        assert_same_batch(full, expected)
+        # damage the stream of the last block of chunk (0, 0): rows 10..50 never reach it
+        chunk = path / "c" / "0" / "0"
+        blob = bytearray(chunk.read_bytes())
+        nblocks = -(-int.from_bytes(blob[4:8], "little") // int.from_bytes(blob[8:12], "little"))
+        last = int.from_bytes(blob[16 + 4 * (nblocks - 1):20 + 4 * (nblocks - 1)], "little")
+        blob[last + 8] ^= 0xFF
+        chunk.write_bytes(bytes(blob))
+        assert_same_batch(handle.read_batch(regions[:1], device="cpu"), expected[:1])
+        assert handle.chain not in compiled._MULTI_BLOCK
+
+
+def test_multi_block_blosc_chunks_of_other_compressors_read_in_part_go_to_the_python_path(tmp_path: Path) -> None:
+    """LZ4 inside Blosc, read in part: c-blosc decodes only whole chunks, so the lane leaves them (statuses say so)."""
     path = tmp_path / "a.zarr"
-    codecs = {"compressors": (BloscCodec(cname="zstd", shuffle="bitshuffle", blocksize=16384),)}
+    codecs = {"compressors": (BloscCodec(cname="lz4", shuffle="bitshuffle", blocksize=16384),)}
     arr, _data = _array(path, codecs, shape=(600, 600), chunks=(400, 400), dtype="float32")
     regions = [(slice(10, 50), slice(390, 420)), (slice(350, 390), slice(100, 130))]
     handle = gpuzarr.open_array(str(path))
@@ -254,7 +286,7 @@ def test_multi_block_blosc_chunks_read_in_part_go_to_the_python_path(tmp_path: P
     plan = handle.plan(regions)
     full = np.zeros((plan.n_regions, *plan.region_shape), dtype=np.float32)
     fast = compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full, partial=True)
-    assert fast is not None and fast.whole_blosc_only
+    assert fast is not None and fast.partial
     status = np.zeros(plan.n_chunks, dtype=np.int8)
     fast.run(0, plan.n_chunks, status, full.reshape(-1).view(np.uint8), np.empty(fast.input_bytes, dtype=np.uint8),
              np.empty(handle.chain.stored_nbytes, dtype=np.uint8), native.zstd_context())
@@ -376,3 +408,78 @@ def test_large_zstd_chunks_whole_in_the_lane_prefixes_in_the_python_path(tmp_pat
     full = np.zeros((plan.n_regions, *plan.region_shape), dtype=np.uint16)
     assert compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full,
                          partial=False) is None  # both chunks are read only at their front
+
+
+def _blosc_encode(data: np.ndarray, shuffle: int, blocksize: int, typesize: int, split: bool) -> bytes:
+    """numcodecs' c-blosc encoding of ``data`` (Zstd inside); ``split``: every block in byte-plane streams."""
+    from numcodecs import blosc
+
+    if not split:
+        return blosc.compress(data, b"zstd", 3, shuffle, blocksize, typesize)
+    os.environ["BLOSC_SPLITMODE"] = "ALWAYS"  # c-blosc reads it on each call and keeps it as its split mode
+    try:
+        return blosc.compress(data, b"zstd", 3, shuffle, blocksize, typesize)
+    finally:
+        os.environ["BLOSC_SPLITMODE"] = "FORWARD_COMPAT"  # c-blosc's default, set back the same way
+        blosc.compress(b"x" * 64, b"zstd", 1, 0, 0, 1)
+        del os.environ["BLOSC_SPLITMODE"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(typesize=st.sampled_from((1, 2, 3, 4, 8, 16, 17)), items=st.integers(1, 9000),
+       shuffle=st.sampled_from((0, 1, 2)), blocksize=st.sampled_from((0, 128, 1000, 4096, 16384)),
+       split=st.booleans(), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_blosc_block_decoder_equals_c_blosc(typesize: int, items: int, shuffle: int, blocksize: int, split: bool,
+                                            seed: int, data: st.DataObject) -> None:
+    """The lane's own Blosc decoder (Zstd inside; byte or bit shuffle, split streams, leftover blocks, tails) gives
+    c-blosc's bytes for every block it is asked for, and leaves the others untouched."""
+    from numcodecs import blosc
+
+    from gpuzarr.engines import _compiled_kernel as kernel
+
+    rng = np.random.default_rng(seed)
+    raw = (np.cumsum(rng.integers(-3, 4, items * typesize)) % 251).astype(np.uint8)  # compressible, not constant
+    enc = np.frombuffer(_blosc_encode(raw, shuffle, blocksize, typesize, split), dtype=np.uint8)
+    expected = np.frombuffer(blosc.decompress(enc.tobytes()), dtype=np.uint8)
+    nbytes, bsize = (int.from_bytes(enc[i:i + 4].tobytes(), "little") for i in (4, 8))
+    nblocks = -(-nbytes // bsize)
+    needed = np.asarray(data.draw(st.lists(st.booleans(), min_size=nblocks, max_size=nblocks)), dtype=bool)
+    if needed.all():
+        needed = np.zeros(0, dtype=bool)  # the "every block" form
+    dst = np.full(nbytes, 0xA5, dtype=np.uint8)
+    tmp, tmp2 = np.empty(bsize, dtype=np.uint8), np.empty(bsize, dtype=np.uint8)
+    got = kernel.blosc_blocks(native.address(enc), enc.size, dst, needed, tmp, tmp2,
+                              int(compiled.function_addresses()[5]), native.zstd_context())
+    if enc[2] & 0x02:  # memcpyed: c-blosc's own
+        assert got == kernel._BLOSC_OTHER
+        return
+    assert got == kernel._BLOSC_OK
+    owned = np.repeat(needed if needed.size else np.ones(nblocks, dtype=bool), bsize)[:nbytes]
+    np.testing.assert_array_equal(dst[owned], expected[owned])
+    assert (dst[~owned] == 0xA5).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)),
+                                                      min_size=1, max_size=4))
+def test_blosc_block_decoder_on_damaged_chunks_never_crashes(seed: int, flips: list[tuple[int, int]]) -> None:
+    """Bytes changed in the header, block table, stream sizes or streams: the decoder says CORRUPT, leaves the
+    chunk to c-blosc, or decodes exactly what c-blosc decodes; it never reads or writes outside its buffers."""
+    from numcodecs import blosc
+
+    from gpuzarr.engines import _compiled_kernel as kernel
+
+    rng = np.random.default_rng(seed)
+    raw = (np.cumsum(rng.integers(-3, 4, 20000)) % 251).astype(np.uint8)
+    enc = bytearray(_blosc_encode(raw, int(rng.integers(0, 3)), 2048, int(rng.choice([1, 2, 4])), bool(seed % 2)))
+    header = (2, 3, 8, 9, 10, 11)  # flags, typesize, blocksize; nbytes and cbytes the caller checks first
+    for at, xor in flips:
+        enc[header[at % 6] if at % 5 == 0 else 16 + at % (len(enc) - 16)] ^= xor
+    src = np.frombuffer(bytes(enc), dtype=np.uint8)
+    dst = np.zeros(raw.size, dtype=np.uint8)
+    tmp, tmp2 = np.empty(raw.size, dtype=np.uint8), np.empty(raw.size, dtype=np.uint8)
+    got = kernel.blosc_blocks(native.address(src), src.size, dst, np.zeros(0, dtype=bool), tmp, tmp2,
+                              int(compiled.function_addresses()[5]), native.zstd_context())
+    assert got in (kernel._BLOSC_OK, kernel._BLOSC_OTHER, kernel._CORRUPT)
+    if got == kernel._BLOSC_OK:  # then c-blosc decodes it too, to the same bytes (the lane says DONE for it)
+        np.testing.assert_array_equal(dst, np.frombuffer(blosc.decompress(bytes(enc)), dtype=np.uint8))

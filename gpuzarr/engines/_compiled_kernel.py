@@ -6,6 +6,12 @@ intrinsics), so nothing process-specific is baked into the compiled code and Num
 on-disk cache stays valid across processes. Every check the Python path makes before
 handing bytes to a C decoder is made here too (sizes, Blosc header fields); anything
 unexpected only marks the chunk for the Python path, which reports it.
+
+:func:`blosc_blocks` decodes Blosc1 chunks with Zstd inside block by block (the
+block table and every stream size checked against the chunk first, by the rules of
+:mod:`gpuzarr.codecs.blosc.format`), with its own byte and bit unshuffle; tests hold it
+equal to c-blosc on every shuffle, item size, split and leftover block, and on damaged
+chunks.
 """
 
 from __future__ import annotations
@@ -91,6 +97,18 @@ def _load_u32(typingctx, address):
 
 
 @intrinsic
+def _load_u8(typingctx, address):
+    """The byte at ``address``, as int64."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, llargs):
+        ptr = builder.inttoptr(llargs[0], _I8P)
+        return builder.zext(builder.load(ptr), _I64)
+
+    return sig, codegen
+
+
+@intrinsic
 def _memcpy(typingctx, dst, src, nbytes):
     """``memcpy(dst, src, nbytes)`` on raw addresses."""
     sig = types.void(types.int64, types.int64, types.int64)
@@ -108,19 +126,175 @@ def _memcpy(typingctx, dst, src, nbytes):
 _DONE = 1
 _UNREADABLE = 2   # open/read failed, or the object is larger than the input buffer
 _CORRUPT = 3      # checksum, header or decode failure: the Python path names it
-_PARTIAL = 4      # a Blosc chunk of several blocks: the Python path decodes only what is needed
+_PARTIAL = 4      # a Blosc chunk read in part whose blocks this code does not decode (not Zstd inside)
 _WHOLE_FILE, _FILE_RANGE, _MEMORY = 0, 1, 2
 _RAW, _BLOSC, _ZSTD = 0, 1, 2
 
 
+# ----------------------------------------------------------------------------- Blosc1 blocks
+# The rules are c-blosc 1.21's ``blosc_d`` (written down in gpuzarr.codecs.blosc.format):
+# a block is ``nsplits`` streams, each an int32 size and its bytes (stored raw when the size
+# equals the stream's decoded size); byte shuffle when flag 0x01 and typesize > 1, else bit
+# shuffle when flag 0x04 and the block holds at least one item.
+_BLOSC_OK = 0
+_BLOSC_OTHER = -1  # a container this code leaves to c-blosc (not Zstd inside, memcpyed, another version)
+_U7, _U14, _U28 = np.uint64(7), np.uint64(14), np.uint64(28)
+_M7, _M14, _M28 = np.uint64(0x00AA00AA00AA00AA), np.uint64(0x0000CCCC0000CCCC), np.uint64(0x00000000F0F0F0F0)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _transpose8(x):
+    """The 8×8 bit matrix in ``x`` (row ``r`` = byte ``r``) transposed: bit ``c`` of byte ``r`` to bit ``r`` of byte ``c``."""
+    t = (x ^ (x >> _U7)) & _M7
+    x = x ^ t ^ (t << _U7)
+    t = (x ^ (x >> _U14)) & _M14
+    x = x ^ t ^ (t << _U14)
+    t = (x ^ (x >> _U28)) & _M28
+    return x ^ t ^ (t << _U28)
+
+
+@njit(nogil=True, cache=True)
+def _bit_planes(src, s0, rows, dst64):
+    """Eight bit planes of ``rows`` bytes at ``src[s0:]`` back to ``8 * rows`` bytes (as uint64 words in ``dst64``)."""
+    r1, r2, r3, r4, r5, r6, r7 = rows, 2 * rows, 3 * rows, 4 * rows, 5 * rows, 6 * rows, 7 * rows
+    for j in range(rows):
+        q = s0 + j
+        x = (np.uint64(src[q]) | (np.uint64(src[q + r1]) << np.uint64(8)) | (np.uint64(src[q + r2]) << np.uint64(16))
+             | (np.uint64(src[q + r3]) << np.uint64(24)) | (np.uint64(src[q + r4]) << np.uint64(32))
+             | (np.uint64(src[q + r5]) << np.uint64(40)) | (np.uint64(src[q + r6]) << np.uint64(48))
+             | (np.uint64(src[q + r7]) << np.uint64(56)))
+        dst64[j] = _transpose8(x)
+
+
+@njit(nogil=True, cache=True)
+def _byte_unshuffle(src, dst, d0, n, typesize):
+    """``dst[d0 + i * typesize + t] = src[t * n + i]`` for ``n`` items (c-blosc's ``unshuffle`` without its tail)."""
+    for i in range(n):
+        o = d0 + i * typesize
+        for t in range(typesize):
+            dst[o + t] = src[t * n + i]
+
+
+@njit(nogil=True, cache=True)
+def _unshuffle_block(tmp, tmp2, dst, d0, bsize, typesize, mode):
+    """The block of ``bsize`` stored bytes in ``tmp`` unshuffled into ``dst[d0:d0 + bsize]`` (``tmp2``: scratch)."""
+    n = bsize // typesize
+    done = 0
+    if mode == 1:  # byte shuffle
+        _byte_unshuffle(tmp, dst, d0, n, typesize)
+        done = n * typesize
+    elif mode == 2 and n % 8 == 0:  # bit shuffle (c-blosc 1.x copies a block of another item count as it is)
+        rows = n // 8
+        if typesize == 1:
+            _bit_planes(tmp, 0, rows, dst[d0:d0 + n].view(np.uint64))
+        else:
+            planes = tmp2[:n * typesize].view(np.uint64)
+            for t in range(typesize):
+                _bit_planes(tmp, 8 * t * rows, rows, planes[t * rows:(t + 1) * rows])
+            _byte_unshuffle(tmp2, dst, d0, n, typesize)
+        done = n * typesize
+    for p in range(done, bsize):  # the tail that is not a whole item (or the whole unshuffled block)
+        dst[d0 + p] = tmp[p]
+
+
+@njit(nogil=True, cache=True)
+def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
+    """Decode the ``needed`` blocks (all when ``needed`` is empty) of the Blosc1 chunk at address ``src`` into ``dst``.
+
+    The header was checked by the caller (``cbytes == body``, ``nbytes == dst.size``).
+    Returns ``_BLOSC_OK``, ``_BLOSC_OTHER`` (nothing written) or ``_CORRUPT``: a block start,
+    stream size or stream outside the chunk, or a stream that does not decode to its size.
+    ``tmp`` and ``tmp2`` hold at least one block.
+    """
+    version = _load_u8(src)
+    flags = _load_u8(src + 2)
+    typesize = _load_u8(src + 3)
+    nbytes = dst.size
+    blocksize = _load_u32(src + 8)
+    if version != 2 or flags & 0x02 or (flags >> 5) != 4 or typesize < 1 or blocksize <= 0 or blocksize > tmp.size:
+        return _BLOSC_OTHER
+    nblocks = (nbytes + blocksize - 1) // blocksize
+    table_end = 16 + 4 * nblocks
+    if table_end > body:
+        return _CORRUPT
+    mode = 0
+    if flags & 0x01 and typesize > 1:
+        mode = 1
+    elif flags & 0x04:
+        mode = 2
+    dst_addr = dst.ctypes.data
+    tmp_addr = tmp.ctypes.data
+    for b in range(nblocks):
+        if needed.size and not needed[b]:
+            continue
+        d0 = b * blocksize
+        bsize = min(blocksize, nbytes - d0)
+        leftover = bsize < blocksize
+        nsplits = 1
+        if not flags & 0x10 and typesize <= 16 and bsize // typesize >= 128 and not leftover:
+            nsplits = typesize
+        neblock = bsize // nsplits
+        cursor = np.int64(_load_u32(src + 16 + 4 * b))
+        if cursor < table_end or cursor > body:
+            return _CORRUPT
+        block_mode = mode if (mode != 2 or bsize >= typesize) else 0
+        direct = block_mode == 0  # no shuffle: streams decode straight into place
+        base = dst_addr + d0 if direct else tmp_addr
+        for j in range(nsplits):
+            if cursor + 4 > body:
+                return _CORRUPT
+            csize = np.int64(_load_u32(src + cursor))
+            if csize >= 0x80000000 or csize > body - cursor - 4:
+                return _CORRUPT
+            stream = src + cursor + 4
+            if csize == neblock:
+                _memcpy(base + j * neblock, stream, neblock)
+            elif _zstd(f_zstd, zstd_ctx, base + j * neblock, neblock, stream, csize) != neblock:
+                return _CORRUPT  # a zstd error code is a huge size_t: never equal
+            cursor += 4 + csize
+        if not direct:
+            _unshuffle_block(tmp, tmp2, dst, d0, bsize, typesize, block_mode)
+    return _BLOSC_OK
+
+
+@njit(nogil=True, cache=True)
+def _mark_blocks(needed, blocksize, q0, q1, src_offsets, extents, src_strides, index):
+    """Mark in ``needed`` every block a byte of pieces ``q0:q1`` lies in (the rows the piece copies read)."""
+    needed[:] = False
+    outer = extents.shape[1] - 1
+    for q in range(q0, q1):
+        run = extents[q, outer]
+        total = 1
+        for d in range(outer):
+            total *= extents[q, d]
+            index[d] = 0
+        if run <= 0 or total <= 0:
+            continue
+        for _ in range(total):
+            so = src_offsets[q]
+            for d in range(outer):
+                so += index[d] * src_strides[d]
+            b1 = min((so + run - 1) // blocksize, needed.size - 1)
+            for b in range(so // blocksize, b1 + 1):
+                needed[b] = True
+            d = outer - 1
+            while d >= 0:
+                index[d] += 1
+                if index[d] < extents[q, d]:
+                    break
+                index[d] = 0
+                d -= 1
+
+
 @njit(nogil=True, cache=True)
 def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, starts, lengths, codec, crc,
-               whole_blosc_only, inbuf, scratch, out, piece_offsets, src_offsets, dst_offsets, extents,
+               partial, inbuf, scratch, out, piece_offsets, src_offsets, dst_offsets, extents,
                src_strides, dst_strides, functions, zstd_ctx, open_flags, status):
     """Chunks ``order[first:stop]``: read, check, decode, copy their pieces into ``out``; ``status`` says how each went.
 
     ``order`` lists the chunks file by file and by offset within a file, so a shard
-    is opened once per run of its inner chunks and read front to back.
+    is opened once per run of its inner chunks and read front to back. With ``partial``,
+    only the Blosc blocks that hold a byte of a chunk's pieces are decoded.
     """
     f_open, f_pread, f_lseek, f_close = functions[0], functions[1], functions[2], functions[3]
     f_crc, f_zstd, f_blosc = functions[4], functions[5], functions[6]
@@ -132,6 +306,10 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
     paths_addr = paths.ctypes.data
     outer = extents.shape[1] - 1
     index = np.zeros(max(outer, 1), dtype=np.int64)
+    tmp = np.empty(0, dtype=np.uint8)  # one Blosc block as stored, and the bit planes of one (grown to fit)
+    tmp2 = np.empty(0, dtype=np.uint8)
+    needed = np.zeros(0, dtype=np.bool_)
+    every = np.zeros(0, dtype=np.bool_)
     fd = -1
     fd_path = -1
     for k in range(first, stop):
@@ -199,10 +377,28 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
             if cbytes != body or nbytes != chunk_bytes:
                 status[u] = _CORRUPT
                 continue
-            if whole_blosc_only and 0 < blocksize < nbytes:
-                status[u] = _PARTIAL
-                continue
-            if _blosc(f_blosc, src, scratch_addr, chunk_bytes, 1) != chunk_bytes:
+            if 0 < blocksize <= chunk_bytes and tmp.size < blocksize:
+                tmp = np.empty(blocksize, dtype=np.uint8)
+                tmp2 = np.empty(blocksize, dtype=np.uint8)
+            want = every
+            if partial and 0 < blocksize < nbytes:
+                nblocks = (nbytes + blocksize - 1) // blocksize
+                if needed.size < nblocks:
+                    needed = np.zeros(nblocks, dtype=np.bool_)
+                want = needed[:nblocks]
+                _mark_blocks(want, blocksize, piece_offsets[u], piece_offsets[u + 1], src_offsets, extents,
+                             src_strides, index)
+                if want.all():
+                    want = every
+            got = blosc_blocks(src, body, scratch, want, tmp, tmp2, f_zstd, zstd_ctx)
+            if got == _BLOSC_OTHER:
+                if want.size:  # read in part, and c-blosc decodes whole chunks only: the Python path's
+                    status[u] = _PARTIAL
+                    continue
+                if _blosc(f_blosc, src, scratch_addr, chunk_bytes, 1) != chunk_bytes:
+                    status[u] = _CORRUPT
+                    continue
+            elif got != _BLOSC_OK:
                 status[u] = _CORRUPT
                 continue
         else:

@@ -4,9 +4,12 @@ For the chains almost every array uses — raw bytes, Blosc or Zstd, each option
 behind a CRC32C, stored in the array's own (native) byte order with no array→array
 codec — one call of a Numba-compiled function per worker thread does, for each chunk
 it is handed: ``open``/``pread`` of the chunk's file or shard range (or the address
-of bytes already in memory), the CRC32C check, Blosc's header checks and
-``blosc_decompress_ctx`` or ``ZSTD_decompressDCtx``, and the copies of every piece
-into the batch. The compiled code calls the same C libraries the Python path calls
+of bytes already in memory), the CRC32C check, the decode, and the copies of every
+piece into the batch. Zstd chunks go to ``ZSTD_decompressDCtx``; Blosc chunks with
+Zstd inside are decoded block by block by the kernel itself (``ZSTD_decompressDCtx``
+for each stream, then its own byte or bit unshuffle: c-blosc's bit unshuffle took as
+long as the Zstd decode on the demo data), and only the blocks a piece reads when the
+batch reads chunks in part; other Blosc chunks go to ``blosc_decompress_ctx`` whole. The compiled code calls the same C libraries the Python path calls
 (libc, numcodecs' c-blosc and zstd, google-crc32c's libcrc32c — zarr depends on it)
 through their addresses, passed in at run time, so the compiled code is cached on
 disk and holds no process-specific pointer. It runs without the GIL, so the worker
@@ -14,7 +17,7 @@ threads decode in parallel instead of taking turns for their Python bookkeeping.
 
 It never decides an error on its own: a chunk it cannot finish — a file that is
 missing or unreadable, a failed checksum or decode, a Blosc chunk of several blocks
-that the Python path would decode only in part — is left marked, and the engine runs
+read in part whose inner format is not Zstd — is left marked, and the engine runs
 exactly that chunk through the one decode entry (:meth:`DecodeChain.decode`), which
 fills missing chunks, retries reads, decodes partially and raises the typed error
 naming the chunk. Values are therefore the Python path's by construction; the
@@ -229,7 +232,7 @@ class CompiledLane:
     dst_strides: np.ndarray
     codec: int
     crc: bool
-    whole_blosc_only: bool
+    partial: bool            # decode only the Blosc blocks a piece reads
     input_bytes: int
     keep_alive: Any = None
 
@@ -237,13 +240,14 @@ class CompiledLane:
             scratch: np.ndarray, zstd_ctx: int) -> None:
         """Process the chunks ``order[first:stop]`` on the calling thread (the GIL is released inside)."""
         self.kernel(first, stop, self.order, self.kinds, self.path_index, self.path_offsets, self.paths, self.starts,
-                    self.lengths, self.codec, self.crc, self.whole_blosc_only, inbuf, scratch, out,
+                    self.lengths, self.codec, self.crc, self.partial, inbuf, scratch, out,
                     self.piece_offsets, self.src_offsets, self.dst_offsets, self.extents, self.src_strides,
                     self.dst_strides, function_addresses(), zstd_ctx, _OPEN_FLAGS, status)
 
 
-#: chains whose Blosc chunks hold several blocks: read in part, the Python path decodes only the
-#: blocks a batch needs, so the lane (which would read a chunk only to hand it back) stays out
+#: chains whose multi-block Blosc chunks (not Zstd inside) the kernel left to the Python path when read
+#: in part: it decodes only the blocks a batch needs, so the lane (which would read a chunk only to
+#: hand it back) stays out
 _MULTI_BLOCK: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -257,9 +261,9 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     """The compiled lane for one batch, or None when the Python path must take it whole.
 
     ``full`` is the batch array the pieces are copied into (C-contiguous,
-    ``(n_regions, *region_shape)``); ``partial``: the Python path would decode only
-    the needed blocks of multi-block Blosc chunks (those chunks are left to it, and
-    once a batch has shown a chain's chunks to be multi-block, its batches too).
+    ``(n_regions, *region_shape)``); ``partial``: decode only the Blosc blocks a piece
+    reads (the kernel does for Zstd inside; chunks of other inner formats are left to
+    the Python path, and once a batch has shown that, the chain's batches too).
     """
     if plan.n_chunks == 0 or not full.flags.c_contiguous or full.dtype != chain.dtype:
         return None
