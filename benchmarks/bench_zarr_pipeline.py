@@ -23,7 +23,9 @@ every pipeline's output equals the default pipeline's. gpuzarr's compiled CPU la
 compiled (or loaded from Numba's cache) before the first round, a once-per-process cost
 like other pipelines' start-up. Reports medians (and min/max) per
 pipeline and workload, speed-ups over the default pipeline and over zarrs, prints a table
-and writes JSON (``--out``). Each run also records the process's CPU time (user + system,
+and writes JSON (``--out``). On the Blosc workloads a ``floor`` row gives the least work any
+reader built on c-blosc must do (:func:`blosc_floor`): ``default ÷ floor`` bounds every such
+reader's speed-up over the default pipeline here. Each run also records the process's CPU time (user + system,
 every thread): on a shared machine wall times depend on how many threads a pipeline runs
 against the other load, CPU time much less::
 
@@ -270,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
                         np.testing.assert_array_equal(a, b, err_msg=f"{name} differs from default on {wname}")
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
+    # the least decode work any c-blosc reader must do (Blosc workloads), with as many threads as cores
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for wname, (path, sels) in loads.items():
+        floor = blosc_floor(path, sels, cores, args.rounds)
+        if floor is not None:
+            times[wname]["floor"] = floor
+            cpu[wname]["floor"] = [float("nan")] * len(floor)
     rows = []
     for wname in loads:
         med = {p: statistics.median(v) for p, v in times[wname].items()}
