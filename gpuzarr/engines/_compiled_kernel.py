@@ -257,19 +257,38 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
     return _BLOSC_OK
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _first_row(index, extents, q, outer):
+    """Start the odometer over piece ``q``'s outer axes: ``(bytes per row, rows)``; no rows when the piece is empty."""
+    run = extents[q, outer]
+    total = 1
+    for d in range(outer):
+        total *= extents[q, d]
+        index[d] = 0
+    if run <= 0:
+        total = 0
+    return run, max(total, 0)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _next_row(index, extents, q, outer):
+    """Advance the odometer ``index`` to piece ``q``'s next row (the last outer axis fastest)."""
+    d = outer - 1
+    while d >= 0:
+        index[d] += 1
+        if index[d] < extents[q, d]:
+            return
+        index[d] = 0
+        d -= 1
+
+
 @njit(nogil=True, cache=True)
 def _mark_blocks(needed, blocksize, q0, q1, src_offsets, extents, src_strides, index):
     """Mark in ``needed`` every block a byte of pieces ``q0:q1`` lies in (the rows the piece copies read)."""
     needed[:] = False
     outer = extents.shape[1] - 1
     for q in range(q0, q1):
-        run = extents[q, outer]
-        total = 1
-        for d in range(outer):
-            total *= extents[q, d]
-            index[d] = 0
-        if run <= 0 or total <= 0:
-            continue
+        run, total = _first_row(index, extents, q, outer)
         for _ in range(total):
             so = src_offsets[q]
             for d in range(outer):
@@ -277,13 +296,7 @@ def _mark_blocks(needed, blocksize, q0, q1, src_offsets, extents, src_strides, i
             b1 = min((so + run - 1) // blocksize, needed.size - 1)
             for b in range(so // blocksize, b1 + 1):
                 needed[b] = True
-            d = outer - 1
-            while d >= 0:
-                index[d] += 1
-                if index[d] < extents[q, d]:
-                    break
-                index[d] = 0
-                d -= 1
+            _next_row(index, extents, q, outer)
 
 
 @njit(nogil=True, cache=True)
@@ -407,13 +420,7 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                 continue
         # ---- pieces: the outer axes walked like an odometer, the last axis one memcpy
         for q in range(piece_offsets[u], piece_offsets[u + 1]):
-            run = extents[q, outer]
-            total = 1
-            for d in range(outer):
-                total *= extents[q, d]
-                index[d] = 0
-            if run <= 0 or total <= 0:
-                continue
+            run, total = _first_row(index, extents, q, outer)
             s0 = chunk + src_offsets[q]
             d0 = out_addr + dst_offsets[q]
             for _ in range(total):
@@ -423,13 +430,7 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                     so += index[d] * src_strides[d]
                     do += index[d] * dst_strides[d]
                 _memcpy(do, so, run)
-                d = outer - 1
-                while d >= 0:
-                    index[d] += 1
-                    if index[d] < extents[q, d]:
-                        break
-                    index[d] = 0
-                    d -= 1
+                _next_row(index, extents, q, outer)
         status[u] = _DONE
     if fd >= 0:
         _close(f_close, fd)
