@@ -99,6 +99,12 @@ MUTATIONS = [
      "compiled lane tables: the region's offset in the batch dropped"),
     ("C7", "gpuzarr/engines/compiled.py", "order = np.lexsort((starts, path_index))",
      "order = np.lexsort((path_index, starts))", "compiled lane tables: chunks ordered by offset, then file"),
+    ("C8", "gpuzarr/engines/_compiled_kernel.py", "x = x ^ t ^ (t << _U14)", "x = x ^ t",
+     "compiled Blosc decoder: the bit transpose's middle step half done"),
+    ("C9", "gpuzarr/engines/_compiled_kernel.py", "if csize >= 0x80000000 or csize > body - cursor - 4:",
+     "if csize >= 0x80000000:", "compiled Blosc decoder: a stream size not checked against the chunk"),
+    ("C10", "gpuzarr/engines/_compiled_kernel.py", "for b in range(so // blocksize, b1 + 1):",
+     "for b in range(so // blocksize, b1):", "compiled lane: the last block a piece row reaches not decoded"),
 ]
 
 
