@@ -483,3 +483,36 @@ def test_blosc_block_decoder_on_damaged_chunks_never_crashes(seed: int, flips: l
     assert got in (kernel._BLOSC_OK, kernel._BLOSC_OTHER, kernel._CORRUPT)
     if got == kernel._BLOSC_OK:  # then c-blosc decodes it too, to the same bytes (the lane says DONE for it)
         np.testing.assert_array_equal(dst, np.frombuffer(blosc.decompress(bytes(enc)), dtype=np.uint8))
+
+
+def test_blosc_block_decoder_reads_nothing_past_the_chunk() -> None:
+    """A stream size word that claims more bytes than the chunk holds: CORRUPT, without reading past the chunk
+    (the chunk ends where an unreadable page starts, so a read past it would stop the process)."""
+    import ctypes
+    import mmap
+
+    from gpuzarr.engines import _compiled_kernel as kernel
+
+    raw = (np.cumsum(np.random.default_rng(3).integers(-3, 4, 20000)) % 251).astype(np.uint8)
+    enc = bytearray(_blosc_encode(raw, 2, 2048, 1, False))
+    nblocks = -(-raw.size // int.from_bytes(enc[8:12], "little"))
+    last = int.from_bytes(enc[16 + 4 * (nblocks - 1):20 + 4 * (nblocks - 1)], "little")
+    csize = int.from_bytes(enc[last:last + 4], "little")
+    enc[last:last + 4] = (csize + (1 << 16)).to_bytes(4, "little")  # the last stream "runs on" past the chunk
+    page = mmap.PAGESIZE
+    size = -(-len(enc) // page) * page
+    region = mmap.mmap(-1, size + page)
+    buf = np.frombuffer(region, dtype=np.uint8)
+    libc = ctypes.CDLL(None)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    guard = native.address(buf) + size
+    assert libc.mprotect(guard, page, mmap.PROT_NONE) == 0
+    try:
+        buf[size - len(enc):size] = np.frombuffer(bytes(enc), dtype=np.uint8)
+        dst = np.zeros(raw.size, dtype=np.uint8)
+        tmp, tmp2 = np.empty(raw.size, dtype=np.uint8), np.empty(raw.size, dtype=np.uint8)
+        got = kernel.blosc_blocks(native.address(buf) + size - len(enc), len(enc), dst, np.zeros(0, dtype=bool), tmp,
+                                  tmp2, int(compiled.function_addresses()[5]), native.zstd_context())
+        assert got == kernel._CORRUPT
+    finally:
+        libc.mprotect(guard, page, mmap.PROT_READ | mmap.PROT_WRITE)
