@@ -1,6 +1,6 @@
 # Two commands for a new user:  `make demo`  and  `make test`.
 # Both create .venv (Python >= 3.12) on first use and install gpuzarr into it with the
-# extra the target needs: `demo` (rich, tqdm, psutil, nvidia-ml-py), `test` (the test
+# extra the target needs: `demo` (numba, rich, tqdm, psutil, nvidia-ml-py), `test` (the test
 # stack), `bench` (plots and the other readers). EXTRAS=... overrides it, e.g.
 # `make demo EXTRAS=demo,gpu` or `make test-gpu EXTRAS=test,gpu`.
 
