@@ -213,6 +213,8 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
     blocksize = _load_u32(src + 8)
     if version != 2 or flags & 0x02 or (flags >> 5) != 4 or typesize < 1 or blocksize <= 0 or blocksize > tmp.size:
         return _BLOSC_OTHER
+    if not flags & 0x10 and 1 < typesize <= 16 and blocksize % typesize:
+        return _BLOSC_OTHER  # split streams of unequal size: no encoder writes that, c-blosc judges it
     nblocks = (nbytes + blocksize - 1) // blocksize
     table_end = 16 + 4 * nblocks
     if table_end > body:
