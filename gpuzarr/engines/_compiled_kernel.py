@@ -22,6 +22,21 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from gpuzarr.codecs.blosc.format import (
+    FLAG_BITSHUFFLE,
+    FLAG_DONT_SPLIT,
+    FLAG_MEMCPYED,
+    FLAG_SHUFFLE,
+    FORMAT_ZSTD,
+    HEADER_BYTES,
+    MAX_SPLITS,
+    MIN_BUFFERSIZE,
+    MODE_BITSHUFFLE,
+    MODE_NONE,
+    MODE_SHUFFLE,
+    VERSION_FORMAT,
+)
+
 _I8P = ir.IntType(8).as_pointer()
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -180,10 +195,10 @@ def _unshuffle_block(tmp, tmp2, dst, d0, bsize, typesize, mode):
     """The block of ``bsize`` stored bytes in ``tmp`` unshuffled into ``dst[d0:d0 + bsize]`` (``tmp2``: scratch)."""
     n = bsize // typesize
     done = 0
-    if mode == 1:  # byte shuffle
+    if mode == MODE_SHUFFLE:
         _byte_unshuffle(tmp, dst, d0, n, typesize)
         done = n * typesize
-    elif mode == 2 and n % 8 == 0:  # bit shuffle (c-blosc 1.x copies a block of another item count as it is)
+    elif mode == MODE_BITSHUFFLE and n % 8 == 0:  # c-blosc 1.x copies a block of another item count as it is
         rows = n // 8
         if typesize == 1:
             _bit_planes(tmp, 0, rows, dst[d0:d0 + n].view(np.uint64))
@@ -211,19 +226,20 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
     typesize = _load_u8(src + 3)
     nbytes = dst.size
     blocksize = _load_u32(src + 8)
-    if version != 2 or flags & 0x02 or (flags >> 5) != 4 or typesize < 1 or blocksize <= 0 or blocksize > tmp.size:
+    if (version != VERSION_FORMAT or flags & FLAG_MEMCPYED or (flags >> 5) != FORMAT_ZSTD or typesize < 1
+            or blocksize <= 0 or blocksize > tmp.size):
         return _BLOSC_OTHER
-    if not flags & 0x10 and 1 < typesize <= 16 and blocksize % typesize:
+    if not flags & FLAG_DONT_SPLIT and 1 < typesize <= MAX_SPLITS and blocksize % typesize:
         return _BLOSC_OTHER  # split streams of unequal size: no encoder writes that, c-blosc judges it
     nblocks = (nbytes + blocksize - 1) // blocksize
-    table_end = 16 + 4 * nblocks
+    table_end = HEADER_BYTES + 4 * nblocks
     if table_end > body:
         return _CORRUPT
-    mode = 0
-    if flags & 0x01 and typesize > 1:
-        mode = 1
-    elif flags & 0x04:
-        mode = 2
+    mode = MODE_NONE
+    if flags & FLAG_SHUFFLE and typesize > 1:
+        mode = MODE_SHUFFLE
+    elif flags & FLAG_BITSHUFFLE:
+        mode = MODE_BITSHUFFLE
     dst_addr = dst.ctypes.data
     tmp_addr = tmp.ctypes.data
     for b in range(nblocks):
@@ -233,14 +249,14 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
         bsize = min(blocksize, nbytes - d0)
         leftover = bsize < blocksize
         nsplits = 1
-        if not flags & 0x10 and typesize <= 16 and bsize // typesize >= 128 and not leftover:
+        if not flags & FLAG_DONT_SPLIT and typesize <= MAX_SPLITS and bsize // typesize >= MIN_BUFFERSIZE and not leftover:
             nsplits = typesize
         neblock = bsize // nsplits
-        cursor = np.int64(_load_u32(src + 16 + 4 * b))
+        cursor = np.int64(_load_u32(src + HEADER_BYTES + 4 * b))
         if cursor < table_end or cursor > body:
             return _CORRUPT
-        block_mode = mode if (mode != 2 or bsize >= typesize) else 0
-        direct = block_mode == 0  # no shuffle: streams decode straight into place
+        block_mode = mode if (mode != MODE_BITSHUFFLE or bsize >= typesize) else MODE_NONE
+        direct = block_mode == MODE_NONE  # no shuffle: streams decode straight into place
         base = dst_addr + d0 if direct else tmp_addr
         for j in range(nsplits):
             if cursor + 4 > body:
@@ -383,7 +399,7 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                 continue
             chunk = src
         elif codec == _BLOSC:
-            if body < 16:
+            if body < HEADER_BYTES:
                 status[u] = _CORRUPT
                 continue
             nbytes = _load_u32(src + 4)
