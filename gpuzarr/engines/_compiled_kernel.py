@@ -26,6 +26,7 @@ from gpuzarr.codecs.blosc.format import (
     FLAG_BITSHUFFLE,
     FLAG_DONT_SPLIT,
     FLAG_MEMCPYED,
+    FLAG_RESERVED,
     FLAG_SHUFFLE,
     FORMAT_ZSTD,
     HEADER_BYTES,
@@ -152,7 +153,7 @@ _RAW, _BLOSC, _ZSTD = 0, 1, 2
 # equals the stream's decoded size); byte shuffle when flag 0x01 and typesize > 1, else bit
 # shuffle when flag 0x04 and the block holds at least one item.
 _BLOSC_OK = 0
-_BLOSC_OTHER = -1  # a container this code leaves to c-blosc (not Zstd inside, memcpyed, another version)
+_BLOSC_OTHER = -1  # a container this code leaves to c-blosc (not Zstd inside, memcpyed, another version, reserved flag)
 _U7, _U14, _U28 = np.uint64(7), np.uint64(14), np.uint64(28)
 _M7, _M14, _M28 = np.uint64(0x00AA00AA00AA00AA), np.uint64(0x0000CCCC0000CCCC), np.uint64(0x00000000F0F0F0F0)
 
@@ -226,7 +227,7 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
     typesize = _load_u8(src + 3)
     nbytes = dst.size
     blocksize = _load_u32(src + 8)
-    if (version != VERSION_FORMAT or flags & FLAG_MEMCPYED or (flags >> 5) != FORMAT_ZSTD or typesize < 1
+    if (version != VERSION_FORMAT or flags & (FLAG_MEMCPYED | FLAG_RESERVED) or (flags >> 5) != FORMAT_ZSTD or typesize < 1
             or blocksize <= 0 or blocksize > tmp.size):
         return _BLOSC_OTHER
     if not flags & FLAG_DONT_SPLIT and 1 < typesize <= MAX_SPLITS and blocksize % typesize:
