@@ -38,6 +38,9 @@ key                                    meaning
                                        for it on first use, ``"off"`` never uses it
 ``cpu.compile_after_chunks``           chunks read before the background compile starts
                                        (a script reading a few chunks never imports Numba)
+``cpu.map_min_bytes``                  the compiled lane maps (``mmap``, pages read in up
+                                       front) a local chunk at least this large instead of
+                                       copying it with ``pread``; 0: never
 ``retry.max_attempts`` ...             defaults of :class:`gpuzarr.storage.retry.RetryPolicy`
 ``s3.client``                          ``"auto"``, ``"obstore"`` or ``"s3fs"``
 ``s3.max_concurrency``                 range GETs in flight per remote fetcher (S3 or HTTP)
@@ -66,6 +69,7 @@ DEFAULTS: dict = {
     "cpu": {
         "compiled": "background",
         "compile_after_chunks": 256,
+        "map_min_bytes": 1 << 18,
     },
     "retry": {
         "max_attempts": 6,

@@ -69,7 +69,9 @@ def _c_function(signature: str, *, variadic: bool = False):
             else:
                 cargs.append(value)
         result = builder.call(fn, cargs)
-        return builder.sext(result, _I64) if ret == "i" else result
+        if ret == "i":
+            return builder.sext(result, _I64)
+        return builder.ptrtoint(result, _I64) if ret == "p" else result
 
     # Numba types an intrinsic by its Python signature: one fixed arity each
     if len(args) == 1:
@@ -84,8 +86,11 @@ def _c_function(signature: str, *, variadic: bool = False):
     elif len(args) == 4:
         def typer(typingctx, address, a, b, c, d):
             return sig, codegen
-    else:
+    elif len(args) == 5:
         def typer(typingctx, address, a, b, c, d, e):
+            return sig, codegen
+    else:
+        def typer(typingctx, address, a, b, c, d, e, f):
             return sig, codegen
     return intrinsic(typer)
 
@@ -97,6 +102,9 @@ _close = _c_function("ii")                        # int close(int)
 _crc32c = _c_function("ipl")                      # uint32_t crc32c_value(const uint8_t *, size_t)
 _zstd = _c_function("lpplpl")                     # size_t ZSTD_decompressDCtx(ctx, dst, cap, src, size)
 _blosc = _c_function("ippli")                     # int blosc_decompress_ctx(src, dst, destsize, nthreads)
+_mmap = _c_function("ppliiil")                    # void *mmap(void *, size_t, int prot, int flags, int fd, off_t)
+_munmap = _c_function("ipl")                      # int munmap(void *, size_t)
+_madvise = _c_function("ipli")                    # int madvise(void *, size_t, int)
 
 
 @intrinsic
@@ -144,6 +152,7 @@ _UNREADABLE = 2   # open/read failed, or the object is larger than the input buf
 _CORRUPT = 3      # checksum, header or decode failure: the Python path names it
 _PARTIAL = 4      # a Blosc chunk read in part whose blocks this code does not decode (not Zstd inside)
 _WHOLE_FILE, _FILE_RANGE, _MEMORY = 0, 1, 2
+_PROT_READ, _MAP_SHARED, _MADV_POPULATE_READ = 1, 1, 22  # Linux values (MADV_POPULATE_READ: Linux 5.14)
 _RAW, _BLOSC, _ZSTD = 0, 1, 2
 
 
@@ -321,15 +330,21 @@ def _mark_blocks(needed, blocksize, q0, q1, src_offsets, extents, src_strides, i
 @njit(nogil=True, cache=True)
 def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, starts, lengths, codec, crc,
                partial, inbuf, scratch, out, piece_offsets, src_offsets, dst_offsets, extents,
-               src_strides, dst_strides, functions, zstd_ctx, open_flags, status):
+               src_strides, dst_strides, functions, zstd_ctx, open_flags, map_min, page, status):
     """Chunks ``order[first:stop]``: read, check, decode, copy their pieces into ``out``; ``status`` says how each went.
 
     ``order`` lists the chunks file by file and by offset within a file, so a shard
     is opened once per run of its inner chunks and read front to back. With ``partial``,
     only the Blosc blocks that hold a byte of a chunk's pieces are decoded.
+
+    A file read of at least ``map_min`` bytes (0: none) is mapped instead of copied:
+    ``mmap`` of the page-aligned range, then ``madvise(MADV_POPULATE_READ)``, which reads
+    every page in or fails with an error code (an I/O error never becomes a SIGBUS in
+    the decoder); a failed map or populate falls back to ``pread``. ``page`` is the page size.
     """
     f_open, f_pread, f_lseek, f_close = functions[0], functions[1], functions[2], functions[3]
     f_crc, f_zstd, f_blosc = functions[4], functions[5], functions[6]
+    f_mmap, f_munmap, f_madvise = functions[7], functions[8], functions[9]
     in_addr = inbuf.ctypes.data
     in_size = inbuf.size
     chunk_bytes = scratch.size
@@ -344,7 +359,12 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
     every = np.zeros(0, dtype=np.bool_)
     fd = -1
     fd_path = -1
+    mapped = 0  # the mapping of the previous chunk's bytes, unmapped when the next chunk starts
+    mapped_len = 0
     for k in range(first, stop):
+        if mapped:
+            _munmap(f_munmap, mapped, mapped_len)
+            mapped = 0
         u = order[k]
         kind = kinds[u]
         if kind > _MEMORY:
@@ -372,16 +392,28 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
             if n < 0 or n > in_size:
                 status[u] = _UNREADABLE
                 continue
-            done = 0
-            while done < n:
-                got = _pread(f_pread, fd, in_addr + done, n - done, offset + done)
-                if got <= 0:
-                    break
-                done += got
-            if done < n:
-                status[u] = _UNREADABLE
-                continue
-            src = in_addr
+            if 0 < map_min <= n:
+                lead = offset % page  # mmap starts on a page
+                addr = _mmap(f_mmap, 0, n + lead, _PROT_READ, _MAP_SHARED, fd, offset - lead)
+                if addr != -1:  # MAP_FAILED
+                    if _madvise(f_madvise, addr, n + lead, _MADV_POPULATE_READ) == 0:
+                        mapped = addr
+                        mapped_len = n + lead
+                    else:
+                        _munmap(f_munmap, addr, n + lead)
+            if mapped:
+                src = mapped + offset % page
+            else:
+                done = 0
+                while done < n:
+                    got = _pread(f_pread, fd, in_addr + done, n - done, offset + done)
+                    if got <= 0:
+                        break
+                    done += got
+                if done < n:
+                    status[u] = _UNREADABLE
+                    continue
+                src = in_addr
         # ---- checksum
         body = n
         if crc:
@@ -452,6 +484,8 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                 _memcpy(do, so, run)
                 _next_row(index, extents, q, outer)
         status[u] = _DONE
+    if mapped:
+        _munmap(f_munmap, mapped, mapped_len)
     if fd >= 0:
         _close(f_close, fd)
 
@@ -464,4 +498,4 @@ def warm_up(kernel) -> None:
     kernel(0, 1, np.zeros(1, dtype=np.int64), kinds, np.zeros(1, dtype=np.int64), i64, np.zeros(1, dtype=np.uint8), i64, i64, 0, False, False,
            scratch.copy(), scratch, scratch.copy(), np.zeros(2, dtype=np.int64), i64, i64,
            np.zeros((1, 2), dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64),
-           np.zeros(7, dtype=np.int64), 0, 0, np.zeros(1, dtype=np.int8))
+           np.zeros(10, dtype=np.int64), 0, 0, 0, 4096, np.zeros(1, dtype=np.int8))

@@ -3,8 +3,9 @@
 For the chains almost every array uses — raw bytes, Blosc or Zstd, each optionally
 behind a CRC32C, stored in the array's own (native) byte order with no array→array
 codec — one call of a Numba-compiled function per worker thread does, for each chunk
-it is handed: ``open``/``pread`` of the chunk's file or shard range (or the address
-of bytes already in memory), the CRC32C check, the decode, and the copies of every
+it is handed: ``open``/``pread`` of the chunk's file or shard range (``mmap`` with
+the pages read in up front for reads of at least ``cpu.map_min_bytes``: no copy out of
+the page cache), or the address of bytes already in memory, the CRC32C check, the decode, and the copies of every
 piece into the batch. Zstd chunks go to ``ZSTD_decompressDCtx``; Blosc chunks with
 Zstd inside are decoded block by block by the kernel itself (``ZSTD_decompressDCtx``
 for each stream, then its own byte or bit unshuffle: c-blosc's bit unshuffle took as
@@ -38,6 +39,7 @@ import ctypes
 import ctypes.util
 import functools
 import importlib.util
+import mmap
 import os
 import sys
 import threading
@@ -62,7 +64,8 @@ RAW, BLOSC, ZSTD = 0, 1, 2
 #: order of the C function addresses handed to the kernel
 #: flags of every ``open`` (read only, not inherited by a child process)
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-_FUNCTIONS = ("open", "pread", "lseek", "close", "crc32c_value", "ZSTD_decompressDCtx", "blosc_decompress_ctx")
+_FUNCTIONS = ("open", "pread", "lseek", "close", "crc32c_value", "ZSTD_decompressDCtx", "blosc_decompress_ctx",
+              "mmap", "munmap", "madvise")
 
 
 # ----------------------------------------------------------------------------- the C functions
@@ -83,10 +86,33 @@ def function_addresses() -> np.ndarray | None:
         blosc = ctypes.CDLL(numcodecs.blosc.__file__)
         zstd = ctypes.CDLL(numcodecs.zstd.__file__)
         functions = (libc.open, libc.pread, libc.lseek, libc.close, crc.crc32c_value,
-                     zstd.ZSTD_decompressDCtx, blosc.blosc_decompress_ctx)
+                     zstd.ZSTD_decompressDCtx, blosc.blosc_decompress_ctx, libc.mmap, libc.munmap, libc.madvise)
         return np.array([ctypes.cast(f, ctypes.c_void_p).value for f in functions], dtype=np.int64)
     except (ImportError, OSError, AttributeError):
         return None
+
+
+@functools.cache
+def _populate_read_works() -> bool:
+    """Whether ``madvise(MADV_POPULATE_READ)`` works here (Linux 5.14 or later): the kernel maps files only then."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        area = mmap.mmap(-1, mmap.PAGESIZE)
+        view = ctypes.c_char.from_buffer(area)
+        works = libc.madvise(ctypes.c_void_p(ctypes.addressof(view)), ctypes.c_size_t(mmap.PAGESIZE), 22) == 0
+        del view  # the mapping closes only once no view of it is left
+        area.close()
+        return works
+    except (OSError, AttributeError, ValueError, BufferError):
+        return False
+
+
+def _map_min() -> int:
+    """The ``cpu.map_min_bytes`` setting, or 0 (never map) when the kernel cannot populate a mapping safely."""
+    threshold = int(config.get("cpu.map_min_bytes") or 0)
+    return threshold if threshold > 0 and _populate_read_works() else 0
 
 
 # ----------------------------------------------------------------------------- compiling
@@ -242,7 +268,8 @@ class CompiledLane:
         self.kernel(first, stop, self.order, self.kinds, self.path_index, self.path_offsets, self.paths, self.starts,
                     self.lengths, self.codec, self.crc, self.partial, inbuf, scratch, out,
                     self.piece_offsets, self.src_offsets, self.dst_offsets, self.extents, self.src_strides,
-                    self.dst_strides, function_addresses(), zstd_ctx, _OPEN_FLAGS, status)
+                    self.dst_strides, function_addresses(), zstd_ctx, _OPEN_FLAGS, _map_min(), mmap.PAGESIZE,
+                    status)
 
 
 #: chains whose multi-block Blosc chunks (not Zstd inside) the kernel left to the Python path when read
