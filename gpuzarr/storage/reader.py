@@ -108,8 +108,7 @@ def check_shard_index(index: np.ndarray, layout: ShardLayout, key: str, array_na
     off_max, len_max = offset == _MAX_UINT64, length == _MAX_UINT64
     used = ~(off_max & len_max)
     limit = np.uint64(2**63 - 1)
-    with np.errstate(over="ignore"):
-        beyond = (offset > limit) | (length > limit) | (offset > limit - length)
+    beyond = (offset > limit) | (length > limit) | (offset > limit - np.minimum(length, limit))  # never wraps
     bad = (off_max ^ len_max) | (used & beyond)
     if layout.index_location == "start":
         bad |= used & (offset < np.uint64(layout.index_nbytes))
