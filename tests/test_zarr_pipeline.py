@@ -20,6 +20,8 @@ from s3_server import s3_server  # noqa: F401 - fixture
 from zarr.storage import LocalStore, MemoryStore, ZipStore
 
 import gpuzarr
+from gpuzarr.engines import compiled
+from gpuzarr.integrations import zarr_pipeline as zp
 from gpuzarr.integrations.zarr_pipeline import read_stats
 
 PLUGIN = "gpuzarr.GpuzarrCodecPipeline"
@@ -193,6 +195,50 @@ def test_corrupt_chunk_names_the_key():
         with pytest.raises(gpuzarr.CorruptChunkError, match="c/1/0"):
             arr[:]
         np.testing.assert_array_equal(arr[0:4, :], 3)  # other chunks still read
+
+
+@pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the 'fast' extra)")
+@pytest.mark.parametrize("damage", ["none", "flip", "truncate", "remove"])
+def test_local_store_shards_read_as_file_ranges_by_the_compiled_lane(tmp_path, monkeypatch, damage):
+    """LocalStore shards: the lane reads inner chunks from the shard files; damage reads as zarr's default reads it."""
+    path = tmp_path / "a.zarr"
+    ref = (np.arange(64 * 48, dtype="u2").reshape(64, 48) * 7) % 1000
+    with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+        arr = zarr.create_array(store=str(path), shape=ref.shape, chunks=(8, 8), shards=(32, 24), dtype="u2",
+                                compressors=(zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()), fill_value=9)
+        arr[:] = ref
+        arr[0:8, 0:8] = 9  # an inner chunk of fill values only: not written
+    shard = path / "c" / "1" / "0"
+    raw = bytearray(shard.read_bytes())
+    if damage == "flip":
+        raw[20] ^= 0xFF  # inside the shard's first inner chunk (its CRC32C fails)
+    elif damage == "truncate":
+        index = raw[-(12 * 16 + 4):]
+        raw = raw[:30] + index  # the index now points past the end of the payload
+    shard.write_bytes(bytes(raw))
+    if damage == "remove":
+        shard.unlink()
+    taken = []
+    original = zp._Job._shard_file_ranges
+    monkeypatch.setattr(zp._Job, "_shard_file_ranges", lambda self, *a: taken.append(1) or original(self, *a))
+    regions = [(slice(0, 64), slice(0, 48)), (slice(3, 19), slice(5, 30)), (slice(40, 60), slice(20, 44))]
+    for region in regions:
+        want = got = None
+        with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+            try:
+                want = zarr.open_array(str(path), mode="r")[region]
+            except Exception as exc:  # noqa: BLE001 - zarr's own error for the damage
+                want = exc
+        with zarr.config.set({"codec_pipeline.path": PLUGIN}):
+            try:
+                got = zarr.open_array(str(path), mode="r")[region]
+            except gpuzarr.CorruptChunkError as exc:
+                got = exc
+        if isinstance(want, Exception):
+            assert isinstance(got, gpuzarr.CorruptChunkError) and "c/1/0" in str(got), (want, got)
+        else:
+            np.testing.assert_array_equal(got, want)
+    assert taken, "the plug-in did not hand the shard files to the compiled lane"
 
 
 @pytest.mark.parametrize("kind", ["local", "zip"])

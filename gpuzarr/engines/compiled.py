@@ -53,7 +53,7 @@ import numpy as np
 from gpuzarr.settings import config
 from gpuzarr.threads import ForkLocal
 
-__all__ = ["CompiledLane", "available", "lane", "ready"]
+__all__ = ["CompiledLane", "available", "lane", "ready", "runs_now"]
 
 #: per-chunk status left by the compiled code: 0 not reached, DONE, or why the Python path must take it
 DONE, UNREADABLE, CORRUPT, PARTIAL = 1, 2, 3, 4
@@ -181,6 +181,19 @@ def ready(wait: bool = False) -> bool:
     if not available():
         return False
     return _compiler.get().get(wait) is not None
+
+
+def runs_now() -> bool:
+    """Whether a batch handed to the lane now would run on it: compiled (``"eager"``: compiled here), and not ``"off"``.
+
+    In ``"background"`` mode this starts nothing: until the compile is done, the answer is no.
+    """
+    mode = config.get("cpu.compiled")
+    if mode in (False, "off") or not available():
+        return False
+    if mode in ("eager", True):
+        return ready(wait=True)
+    return _compiler.get().kernel is not None
 
 
 def _kernel(n_chunks: int) -> Any:

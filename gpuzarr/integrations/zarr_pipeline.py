@@ -68,7 +68,9 @@ from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.config import config as zarr_config
 
 from gpuzarr.codecs.chain import DecodeChain
+from gpuzarr.engines import compiled
 from gpuzarr.errors import CorruptChunkError, GpuzarrError, GpuzarrWarning, UnsupportedCodecError
+from gpuzarr.plan.layout import chunk_strides
 from gpuzarr.plan.planner import BatchPlan
 from gpuzarr.storage.base import DeferredRead, DeferredReads
 from gpuzarr.storage.reader import ShardLayout, check_shard_index, decode_layout
@@ -347,8 +349,8 @@ class _GetterRead:
         self.prototype = prototype
         self.missing = False
 
-    def read_into(self, key: str, buffer_for: Any) -> memoryview | None:
-        buf = self.getter.get_sync(prototype=self.prototype)
+    def read_into(self, key: str, buffer_for: Any, byte_range: Any = None) -> memoryview | None:
+        buf = self.getter.get_sync(prototype=self.prototype, byte_range=byte_range)
         if buf is None:
             self.missing = True
             return None
@@ -356,7 +358,7 @@ class _GetterRead:
 
 
 class _LocalStoreReads:
-    """A job's unsharded chunks in a ``LocalStore``: their files for the CPU engine's compiled lane.
+    """A job's chunks or shards in a ``LocalStore``: their files for the CPU engine's compiled lane.
 
     The lane reads the files itself (``local_paths``: the store's root joined with the
     chunk's key, as ``LocalStore.get`` reads them); every chunk it leaves — missing,
@@ -373,8 +375,35 @@ class _LocalStoreReads:
     def local_paths(self, keys: Sequence[str]) -> list[str]:
         return [os.path.join(self.root, k) for k in keys]
 
-    def read_into(self, key: str, buffer_for: Any) -> memoryview | None:
-        return self.by_key[key].read_into(key, buffer_for)
+    def read_into(self, key: str, buffer_for: Any, byte_range: Any = None) -> memoryview | None:
+        return self.by_key[key].read_into(key, buffer_for, byte_range)
+
+
+class _ShardRangeReads(DeferredReads):
+    """A job's inner chunks as byte ranges of ``LocalStore`` shard files (``keys[u]`` None: not written).
+
+    The compiled lane reads each range itself (one ``open`` per shard, a ``pread`` or a
+    mapping per inner chunk); a chunk it leaves is read through zarr's getter (``load``).
+    """
+
+    __slots__ = ("lengths", "starts")
+
+    def __init__(self, files: _LocalStoreReads, keys: list[str | None], starts: list[int], lengths: list[int]) -> None:
+        super().__init__(files, keys)  # type: ignore[arg-type]
+        self.starts = starts
+        self.lengths = lengths
+
+    def __getitem__(self, index: Any) -> Any:
+        raise TypeError("read the inner chunks with load()")
+
+    def load(self, index: int, buffer_for: Any) -> memoryview | None:
+        from zarr.abc.store import RangeByteRequest
+
+        key = self.keys[index]
+        if key is None:
+            return None
+        start = self.starts[index]
+        return self.fetcher.read_into(key, buffer_for, RangeByteRequest(start, start + self.lengths[index]))
 
 
 def _local_root(getter: Any) -> str | None:
@@ -511,9 +540,7 @@ class _Job:
         shard = self.layout.shard
         assert shard is not None
         work = []
-        cps = np.asarray(shard.chunks_per_shard, dtype=np.int64)
-        strides = np.cumprod(np.r_[1, cps[::-1]])[::-1][1:].astype(np.int64)  # C order; () when 0-d
-        flat = self.piece_coords @ strides  # each piece's entry in its shard's index
+        flat = self.piece_coords @ chunk_strides(shard.chunks_per_shard)  # each piece's entry in its shard's index
         for i, raw in enumerate(raw_indexes):
             if raw is None:
                 self.status[i] = _MISSING
@@ -614,7 +641,25 @@ class _Job:
             raws = [it[0].get_sync(prototype=self.proto) for it in self.items]
             return self.whole_chunks(raws)
         raws = [g.get_sync(prototype=self.proto, byte_range=r) for g, r in self.index_requests()]
-        return self._ranges_sync(self.shard_ranges(raws))
+        work = self.shard_ranges(raws)
+        if not self.gpu and compiled.runs_now():
+            root = _local_root(self.items[0][0]) if self.items else None
+            if root is not None:  # the lane reads the inner chunks from the shard files itself
+                return self._shard_file_ranges(root, work)  # type: ignore[return-value]
+        return self._ranges_sync(work)
+
+    def _shard_file_ranges(self, root: str, work: list[tuple[int, list[int], list[Any]]]) -> _ShardRangeReads:
+        """The planned inner chunks as ranges of their shard files, for the compiled lane."""
+        self._reads = [_GetterRead(it[0], self.proto) for it in self.items]
+        shard_keys = [str(it[0].path) for it in self.items]
+        n = len(self.piece_item)
+        keys: list[str | None] = [None] * n
+        starts, lengths = [0] * n, [0] * n
+        for i, members, ranges in work:
+            key = shard_keys[i]
+            for m, r in zip(members, ranges, strict=True):
+                keys[m], starts[m], lengths[m] = key, r.start, r.end - r.start
+        return _ShardRangeReads(_LocalStoreReads(root, shard_keys, self._reads), keys, starts, lengths)
 
     async def fetch_async(self) -> list[Any]:
         """Encoded units for the engine, read concurrently through async byte getters."""
@@ -661,7 +706,7 @@ class _Job:
             boxes = engine.decode_and_assemble(self.plan, encoded, self.chain, fill, keys=keys,
                                                array_name=array_name)
             self._scatter(boxes, fill)
-        if not self.gpu and self.layout.shard is None and hasattr(self, "_reads"):
+        if not self.gpu and hasattr(self, "_reads"):  # chunks or shards zarr's getter found missing
             for i, r in enumerate(self._reads):
                 if r.missing:
                     self.status[i] = _MISSING
