@@ -12,7 +12,6 @@ a pool of its own when the engine is given ``workers``.
 from __future__ import annotations
 
 import functools
-import itertools
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -158,7 +157,11 @@ class CpuEngine:
             for p in range(lo, hi):
                 full[dst_index[p]] = chunk[src_index[p]]
 
-        self._each(len(todo), lambda i: assemble_chunk(todo[i]))
+        def assemble_chunks(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                assemble_chunk(todo[i])
+
+        self._each(len(todo), assemble_chunks)
         return self._finish(full, plan, transform)
 
     @staticmethod
@@ -168,30 +171,46 @@ class CpuEngine:
             result = transform.apply_reference(result)
         return result
 
-    def _each(self, n: int, work: Any, step: int = 1) -> None:
-        """``work(i)`` for ``i`` in ``range(0, n, step)``, on the pool's threads and the calling one.
+    def _each(self, n: int, work: Any, *, guided: bool = False) -> None:
+        """``work(start, stop)`` over ``range(n)`` cut into consecutive pieces, on the pool's threads and the calling one.
 
-        A few long-lived tasks pull numbers from one counter (the calling thread is one of
-        them) instead of one future per item: a future costs more than a small chunk's
-        Python work. ``next`` on itertools.count is atomic under the GIL. The first error
-        stops the others and is re-raised.
+        A few long-lived tasks (the calling thread is one of them) take the next piece from a
+        shared cursor instead of one future per item: a future costs more than a small chunk's
+        Python work. A piece is one item, or with ``guided`` (OpenMP's guided schedule) a share
+        of what is left, ``left // (2 * threads)`` and at least one: few hand-offs while much is
+        left, and small last pieces so that the threads finish together (fixed pieces of a
+        quarter of a thread's share left one thread idle for up to a whole piece at the end).
+        The first error stops the others and is re-raised.
         """
-        if n <= step or self.workers == 1:
-            for i in range(0, n, step):
-                work(i)
+        threads = min(self.workers, n)
+        if threads <= 1:
+            if n:
+                work(0, n)
             return
-        counter = itertools.count(0, step)
+        lock = threading.Lock()
+        cursor = 0
         failed: list[BaseException] = []
+
+        def take() -> tuple[int, int]:
+            nonlocal cursor
+            with lock:
+                start = cursor
+                size = max(1, (n - start) // (2 * threads)) if guided else 1
+                cursor = min(n, start + size)
+                return start, cursor
 
         def drain() -> None:
             try:
-                while not failed and (i := next(counter)) < n:
-                    work(i)
+                while not failed:
+                    start, stop = take()
+                    if start >= n:
+                        return
+                    work(start, stop)
             except BaseException as exc:
                 failed.append(exc)
                 raise
 
-        helpers = [self.pool.submit(drain) for _ in range(min(self.workers, -(-n // step)) - 1)]
+        helpers = [self.pool.submit(drain) for _ in range(threads - 1)]
         try:
             drain()
         finally:
@@ -204,14 +223,12 @@ class CpuEngine:
         """Run the compiled lane over all ``n`` chunks; returns the chunks it left to the Python path."""
         status = np.zeros(n, dtype=np.int8)
         flat = full.reshape(-1).view(np.uint8)
-        # blocks of chunks per pull: a few per thread and batch, so threads finish together
-        step = max(1, min(64, n // (4 * self.workers)))
 
-        def work(first: int) -> None:
-            fast.run(first, min(first + step, n), status, flat, self._input_for(fast.input_bytes),
+        def work(first: int, stop: int) -> None:
+            fast.run(first, stop, status, flat, self._input_for(fast.input_bytes),
                      self._scratch_for(chain.stored_nbytes), native.zstd_context())
 
-        self._each(n, work, step)
+        self._each(n, work, guided=True)
         compiled.note_statuses(chain, status)
         return np.flatnonzero(status != compiled.DONE).tolist()
 
