@@ -69,7 +69,7 @@ DEFAULTS: dict = {
     "cpu": {
         "compiled": "background",
         "compile_after_chunks": 256,
-        "map_min_bytes": 1 << 18,
+        "map_min_bytes": 1 << 19,
     },
     "retry": {
         "max_attempts": 6,

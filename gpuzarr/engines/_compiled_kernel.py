@@ -337,10 +337,12 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
     is opened once per run of its inner chunks and read front to back. With ``partial``,
     only the Blosc blocks that hold a byte of a chunk's pieces are decoded.
 
-    A file read of at least ``map_min`` bytes (0: none) is mapped instead of copied:
-    ``mmap`` of the page-aligned range, then ``madvise(MADV_POPULATE_READ)``, which reads
-    every page in or fails with an error code (an I/O error never becomes a SIGBUS in
-    the decoder); a failed map or populate falls back to ``pread``. ``page`` is the page size.
+    A file read of at least ``map_min`` bytes (0: none) is mapped instead of copied: the
+    open file is mapped once (``mmap`` of its size at that moment, nothing read yet), and
+    each chunk's page-aligned range is read in with ``madvise(MADV_POPULATE_READ)``, which
+    reads every page or fails with an error code, so an I/O error or a range past the end
+    never becomes a SIGBUS in the decoder: a failed map or populate, or a range past the
+    mapped size, falls back to ``pread``. ``page`` is the page size.
     """
     f_open, f_pread, f_lseek, f_close = functions[0], functions[1], functions[2], functions[3]
     f_crc, f_zstd, f_blosc = functions[4], functions[5], functions[6]
@@ -359,12 +361,10 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
     every = np.zeros(0, dtype=np.bool_)
     fd = -1
     fd_path = -1
-    mapped = 0  # the mapping of the previous chunk's bytes, unmapped when the next chunk starts
-    mapped_len = 0
+    fmap = 0  # the mapping of the open file's first fmap_len bytes (0: none), unmapped when another opens
+    fmap_len = 0
+    fmap_tried = False
     for k in range(first, stop):
-        if mapped:
-            _munmap(f_munmap, mapped, mapped_len)
-            mapped = 0
         u = order[k]
         kind = kinds[u]
         if kind > _MEMORY:
@@ -376,6 +376,10 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
         else:
             p = path_index[u]
             if p != fd_path:
+                if fmap:
+                    _munmap(f_munmap, fmap, fmap_len)
+                    fmap = 0
+                fmap_tried = False
                 if fd >= 0:
                     _close(f_close, fd)
                 fd = _open(f_open, paths_addr + path_offsets[p], open_flags)
@@ -392,18 +396,21 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
             if n < 0 or n > in_size:
                 status[u] = _UNREADABLE
                 continue
+            src = 0
             if 0 < map_min <= n:
-                lead = offset % page  # mmap starts on a page
-                addr = _mmap(f_mmap, 0, n + lead, _PROT_READ, _MAP_SHARED, fd, offset - lead)
-                if addr != -1:  # MAP_FAILED
-                    if _madvise(f_madvise, addr, n + lead, _MADV_POPULATE_READ) == 0:
-                        mapped = addr
-                        mapped_len = n + lead
-                    else:
-                        _munmap(f_munmap, addr, n + lead)
-            if mapped:
-                src = mapped + offset % page
-            else:
+                if not fmap_tried:
+                    fmap_tried = True
+                    size = n if kind == _WHOLE_FILE else _lseek(f_lseek, fd, 0, 2)
+                    if size > 0:
+                        addr = _mmap(f_mmap, 0, size, _PROT_READ, _MAP_SHARED, fd, 0)
+                        if addr != -1:  # MAP_FAILED
+                            fmap = addr
+                            fmap_len = size
+                if fmap and offset + n <= fmap_len:
+                    lead = offset % page  # madvise starts on a page
+                    if _madvise(f_madvise, fmap + offset - lead, n + lead, _MADV_POPULATE_READ) == 0:
+                        src = fmap + offset
+            if src == 0:
                 done = 0
                 while done < n:
                     got = _pread(f_pread, fd, in_addr + done, n - done, offset + done)
@@ -484,8 +491,8 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                 _memcpy(do, so, run)
                 _next_row(index, extents, q, outer)
         status[u] = _DONE
-    if mapped:
-        _munmap(f_munmap, mapped, mapped_len)
+    if fmap:
+        _munmap(f_munmap, fmap, fmap_len)
     if fd >= 0:
         _close(f_close, fd)
 

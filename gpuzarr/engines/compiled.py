@@ -3,9 +3,9 @@
 For the chains almost every array uses — raw bytes, Blosc or Zstd, each optionally
 behind a CRC32C, stored in the array's own (native) byte order with no array→array
 codec — one call of a Numba-compiled function per worker thread does, for each chunk
-it is handed: ``open``/``pread`` of the chunk's file or shard range (``mmap`` with
-the pages read in up front for reads of at least ``cpu.map_min_bytes``: no copy out of
-the page cache), or the address of bytes already in memory, the CRC32C check, the decode, and the copies of every
+it is handed: ``open``/``pread`` of the chunk's file or shard range (the file mapped,
+and a chunk's pages read in up front, for reads of at least ``cpu.map_min_bytes``: no
+copy out of the page cache), or the address of bytes already in memory, the CRC32C check, the decode, and the copies of every
 piece into the batch. Zstd chunks go to ``ZSTD_decompressDCtx``; Blosc chunks with
 Zstd inside are decoded block by block by the kernel itself (``ZSTD_decompressDCtx``
 for each stream, then its own byte or bit unshuffle: c-blosc's bit unshuffle took as
