@@ -502,8 +502,15 @@ class _Job:
             self.n_regions = n
         self.lo = lo
         self.hi = hi
-        unit = np.asarray(self.chain.chunk_shape, dtype=np.int64)
-        item, coords, src, rel, ext = _pieces(lo, hi, unit)
+        if self.layout.shard is None:  # a stored chunk is one unit: each item's (non-empty) box is its one piece
+            ext = hi - lo
+            item = np.flatnonzero((ext > 0).all(axis=1)) if n else np.zeros(0, dtype=np.int64)
+            if len(item) < n:
+                ext = ext[item]
+            coords = np.zeros((len(item), ndim), dtype=np.int64)
+            src, rel = lo[item], coords
+        else:
+            item, coords, src, rel, ext = _pieces(lo, hi, np.asarray(self.chain.chunk_shape, dtype=np.int64))
         self.piece_item = item
         self.piece_coords = coords  # inner-chunk coords within the shard (zeros when unsharded)
         dst = dst0[item] + rel
