@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -261,6 +262,37 @@ def test_truncated_shard_is_named(tmp_path: Path) -> None:
         "        assert 'c/0/0' in str(exc), exc\n"
         "    else:\n"
         "        raise AssertionError('a truncated shard read without an error')"), check_want=False)
+
+
+def test_mapped_shard_ranges_past_its_end_are_named(tmp_path: Path) -> None:
+    """Inner chunks far past the end of their shard (a valid index): with every read mapped, the kernel must not
+    touch them through the mapping (that would end the process); in a fresh process, so a crash fails this test."""
+    path = tmp_path / "a.zarr"
+    arr = zarr.create_array(str(path), shape=(128, 128), chunks=(64, 64), shards=(128, 128), dtype="uint16",
+                            compressors=(ZstdCodec(level=1), Crc32cCodec()))
+    arr[:] = np.random.default_rng(0).integers(0, 2**16, (128, 128), dtype=np.uint16)  # incompressible: 8 KiB each
+    raw = (path / "c/0/0").read_bytes()
+    index = np.frombuffer(raw[-(4 * 16 + 4):-4], dtype="<u8").reshape(4, 2).copy()
+    index[:, 0] += 1 << 40  # every inner chunk a terabyte past the end: no mapping reaches that far by chance
+    table = index.tobytes()
+    (path / "c/0/0").write_bytes(raw[:-(4 * 16 + 4)] + table + google_crc32c.value(table).to_bytes(4, "little"))
+    code = (
+        "import gpuzarr\n"
+        "from gpuzarr.engines import compiled\n"
+        "from gpuzarr.errors import CorruptChunkError\n"
+        "assert compiled.ready(wait=True)\n"
+        f"h = gpuzarr.open_array({str(path)!r})\n"
+        "with gpuzarr.config.set({'cpu.map_min_bytes': 1, 'cpu.compiled': 'eager'}):\n"
+        "    try:\n"
+        "        h.read_batch([(slice(70, 120), slice(70, 120))], device='cpu')\n"
+        "    except CorruptChunkError as exc:\n"
+        "        assert 'c/0/0' in str(exc), exc\n"
+        "    else:\n"
+        "        raise AssertionError('ranges past the end of a shard read without an error')\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.returncode, proc.stderr[-2000:])
 
 
 @pytest.mark.skipif(not compiled._populate_read_works(), reason="needs madvise(MADV_POPULATE_READ), Linux 5.14+")
