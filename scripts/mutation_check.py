@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_TESTS = ["tests/test_kernels_on_cpu.py"]
 LANE_TESTS = ["tests/test_compiled_lane.py"]
+PIPELINE_TESTS = ["tests/test_zarr_pipeline.py"]
 ENGINE_TESTS = ["tests/test_kernels_on_cpu.py", "tests/test_gpu_engine_emulated.py::test_blosc_random_geometry",
                 "tests/test_gpu_engine_emulated.py::test_output_transform_matches_cpu_engine",
                 "tests/test_gpu_engine_emulated.py::test_missing_chunks_read_fill"]
@@ -105,6 +106,9 @@ MUTATIONS = [
      "if csize >= 0x80000000:", "compiled Blosc decoder: a stream size not checked against the chunk"),
     ("C10", "gpuzarr/engines/_compiled_kernel.py", "for b in range(so // blocksize, b1 + 1):",
      "for b in range(so // blocksize, b1):", "compiled lane: the last block a piece row reaches not decoded"),
+    ("C11", "gpuzarr/integrations/zarr_pipeline.py", "keys[m], starts[m], lengths[m] = key, r.start, r.end - r.start",
+     "keys[m], starts[m], lengths[m] = key, r.start, r.end - r.start - 1",
+     "zarr plug-in: a LocalStore shard's inner chunks handed to the lane one byte short"),
 ]
 
 
@@ -114,7 +118,8 @@ def run(mutation: tuple[str, str, str, str, str], python: str) -> dict[str, obje
     text = path.read_text()
     if text.count(old) != 1:
         return {"id": mid, "file": rel, "what": what, "error": f"pattern found {text.count(old)} times"}
-    tests = KERNEL_TESTS if rel.startswith("kernels/") else LANE_TESTS if "compiled" in rel else ENGINE_TESTS
+    tests = (KERNEL_TESTS if rel.startswith("kernels/") else LANE_TESTS if "compiled" in rel
+             else PIPELINE_TESTS if "zarr_pipeline" in rel else ENGINE_TESTS)
     t0 = time.perf_counter()
     try:
         path.write_text(text.replace(old, new))
