@@ -53,7 +53,7 @@ import numpy as np
 from gpuzarr.settings import config
 from gpuzarr.threads import ForkLocal
 
-__all__ = ["CompiledLane", "available", "lane", "ready", "runs_now"]
+__all__ = ["CompiledLane", "available", "lane", "ready", "runs_now", "setting"]
 
 #: per-chunk status left by the compiled code: 0 not reached, DONE, or why the Python path must take it
 DONE, UNREADABLE, CORRUPT, PARTIAL = 1, 2, 3, 4
@@ -183,13 +183,23 @@ def ready(wait: bool = False) -> bool:
     return _compiler.get().get(wait) is not None
 
 
+def setting() -> Any:
+    """The ``cpu.compiled`` setting, checked (a ConfigurationError names a bad value); None when it is ``"off"``."""
+    mode = config.get("cpu.compiled")
+    if mode not in ("background", "eager", "off", True, False):
+        from gpuzarr.errors import ConfigurationError
+
+        raise ConfigurationError(f"cpu.compiled must be 'background', 'eager' or 'off', not {mode!r}")
+    return None if mode in (False, "off") else mode
+
+
 def runs_now() -> bool:
     """Whether a batch handed to the lane now would run on it: compiled (``"eager"``: compiled here), and not ``"off"``.
 
     In ``"background"`` mode this starts nothing: until the compile is done, the answer is no.
     """
-    mode = config.get("cpu.compiled")
-    if mode in (False, "off") or not available():
+    mode = setting()
+    if mode is None or not available():
         return False
     if mode in ("eager", True):
         return ready(wait=True)
@@ -204,12 +214,8 @@ def _kernel(n_chunks: int) -> Any:
     never imports Numba.
     """
     global _chunks_seen
-    mode = config.get("cpu.compiled")
-    if mode not in ("background", "eager", "off", True, False):
-        from gpuzarr.errors import ConfigurationError
-
-        raise ConfigurationError(f"cpu.compiled must be 'background', 'eager' or 'off', not {mode!r}")
-    if mode in (False, "off") or not available():
+    mode = setting()
+    if mode is None or not available():
         return None
     compiler = _compiler.get()
     if mode == "background" and compiler.thread is None and compiler.kernel is None:

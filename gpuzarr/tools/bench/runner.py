@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from gpuzarr.settings import config
 from gpuzarr.tools.bench.monitor import PhaseMarker, ProcessSampler, start_nvml_sampler, usable_cores
 from gpuzarr.tools.bench.readers import (
     DEFAULT_READERS,
@@ -299,7 +298,7 @@ def _prepare_compiled_lane() -> dict[str, Any]:
 
     if not compiled.available():
         return {"status": "not installed (the fast extra)"}
-    if config.get("cpu.compiled") in ("off", False):
+    if compiled.setting() is None:
         return {"status": "off (cpu.compiled)"}
     t0 = time.perf_counter()
     ok = compiled.ready(wait=True)
