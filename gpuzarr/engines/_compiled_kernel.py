@@ -16,6 +16,8 @@ chunks.
 
 from __future__ import annotations
 
+from mmap import MAP_SHARED, PROT_READ
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -37,6 +39,7 @@ from gpuzarr.codecs.blosc.format import (
     MODE_SHUFFLE,
     VERSION_FORMAT,
 )
+from gpuzarr.engines.compiled import MADV_POPULATE_READ
 
 _I8P = ir.IntType(8).as_pointer()
 _I32 = ir.IntType(32)
@@ -152,7 +155,6 @@ _UNREADABLE = 2   # open/read failed, or the object is larger than the input buf
 _CORRUPT = 3      # checksum, header or decode failure: the Python path names it
 _PARTIAL = 4      # a Blosc chunk read in part whose blocks this code does not decode (not Zstd inside)
 _WHOLE_FILE, _FILE_RANGE, _MEMORY = 0, 1, 2
-_PROT_READ, _MAP_SHARED, _MADV_POPULATE_READ = 1, 1, 22  # Linux values (MADV_POPULATE_READ: Linux 5.14)
 _RAW, _BLOSC, _ZSTD = 0, 1, 2
 
 
@@ -402,13 +404,13 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                     fmap_tried = True
                     size = n if kind == _WHOLE_FILE else _lseek(f_lseek, fd, 0, 2)
                     if size > 0:
-                        addr = _mmap(f_mmap, 0, size, _PROT_READ, _MAP_SHARED, fd, 0)
+                        addr = _mmap(f_mmap, 0, size, PROT_READ, MAP_SHARED, fd, 0)
                         if addr != -1:  # MAP_FAILED
                             fmap = addr
                             fmap_len = size
                 if fmap and offset + n <= fmap_len:
                     lead = offset % page  # madvise starts on a page
-                    if _madvise(f_madvise, fmap + offset - lead, n + lead, _MADV_POPULATE_READ) == 0:
+                    if _madvise(f_madvise, fmap + offset - lead, n + lead, MADV_POPULATE_READ) == 0:
                         src = fmap + offset
             if src == 0:
                 done = 0

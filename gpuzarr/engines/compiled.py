@@ -64,6 +64,8 @@ RAW, BLOSC, ZSTD = 0, 1, 2
 #: order of the C function addresses handed to the kernel
 #: flags of every ``open`` (read only, not inherited by a child process)
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+#: ``madvise`` advice that reads a mapping's pages in or fails with an error (Linux 5.14; Python's mmap may not name it)
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _FUNCTIONS = ("open", "pread", "lseek", "close", "crc32c_value", "ZSTD_decompressDCtx", "blosc_decompress_ctx",
               "mmap", "munmap", "madvise")
 
@@ -101,7 +103,8 @@ def _populate_read_works() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         area = mmap.mmap(-1, mmap.PAGESIZE)
         view = ctypes.c_char.from_buffer(area)
-        works = libc.madvise(ctypes.c_void_p(ctypes.addressof(view)), ctypes.c_size_t(mmap.PAGESIZE), 22) == 0
+        address = ctypes.c_void_p(ctypes.addressof(view))
+        works = libc.madvise(address, ctypes.c_size_t(mmap.PAGESIZE), MADV_POPULATE_READ) == 0
         del view  # the mapping closes only once no view of it is left
         area.close()
         return works
