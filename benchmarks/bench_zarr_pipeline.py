@@ -227,6 +227,8 @@ def blosc_floor(path: str, selections: list[Any], threads: int, rounds: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gpuzarr.settings import usable_cores
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(REPO / "bench-out" / "zarr-pipeline"),
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     # the least decode work any c-blosc reader must do (Blosc workloads), with as many threads as cores
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     for wname, (path, sels) in loads.items():
         floor = blosc_floor(path, sels, cores, args.rounds)
         if floor is not None:
@@ -304,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                    "cpus": usable_cores(),
                     "python": platform.python_version(),
                     "loadavg_1_5_15_start": list(load_start), "loadavg_1_5_15_end": list(os.getloadavg())},
         "versions": {"zarr": zarr.__version__, **({"zarrs": __import__("zarrs").__version__}
