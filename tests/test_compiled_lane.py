@@ -350,6 +350,63 @@ def test_multi_block_blosc_chunks_read_in_part_decode_only_the_blocks_read(tmp_p
         assert handle.chain not in compiled._MULTI_BLOCK
 
 
+@settings(max_examples=scaled(40), deadline=None)
+@given(dtype=st.sampled_from(("uint8", "uint16", "float32", "int64", "complex128")),
+       shuffle=st.sampled_from(("shuffle", "bitshuffle")), blocksize=st.sampled_from((0, 256, 1000, 4096)),
+       partial=st.booleans(), data=st.data())
+def test_shuffled_blosc_rows_unshuffled_straight_into_the_batch(tmp_path_factory: pytest.TempPathFactory, dtype: str,
+                                                                 shuffle: str, blocksize: int, partial: bool,
+                                                                 data: st.DataObject) -> None:
+    """Shuffled Blosc-Zstd chunks whose piece rows are long enough are unshuffled row by row into the batch (rows
+    across block and item bounds, pieces of several regions in one chunk, out of order, overlapping); the batch
+    equals zarr's, whether the lane decodes every block or only those the rows reach."""
+    itemsize = np.dtype(dtype).itemsize
+    wide = -(-kernel_fuse_min_row() // itemsize)  # the fewest items of a row unshuffled straight into the batch
+    chunks = (data.draw(st.integers(1, 9), label="chunk rows"), data.draw(st.integers(wide, 4 * wide), label="chunk cols"))
+    shape = (data.draw(st.integers(chunks[0], 3 * chunks[0])), data.draw(st.integers(chunks[1], 3 * chunks[1])))
+    path = tmp_path_factory.mktemp("rows") / "a.zarr"
+    codecs = {"compressors": (BloscCodec(cname="zstd", shuffle=shuffle, clevel=1, typesize=itemsize, blocksize=blocksize),)}
+    arr, _data = _array(path, codecs, shape=shape, chunks=chunks, dtype=dtype)
+    regions = []
+    for _ in range(data.draw(st.integers(1, 5), label="regions")):
+        w = data.draw(st.integers(1, shape[1]))
+        h = data.draw(st.integers(1, shape[0]))
+        y, x = data.draw(st.integers(0, shape[0] - h)), data.draw(st.integers(0, shape[1] - w))
+        regions.append((slice(y, y + h), slice(x, x + w)))
+    width = max(r[1].stop - r[1].start for r in regions)
+    regions = [(r[0], slice(r[1].start, r[1].start + width)) if r[1].start + width <= shape[1] else
+               (r[0], slice(shape[1] - width, shape[1])) for r in regions]  # one region shape for the batch
+    height = max(r[0].stop - r[0].start for r in regions)
+    regions = [(slice(min(r[0].start, shape[0] - height), min(r[0].start, shape[0] - height) + height), r[1])
+               for r in regions]
+    handle = gpuzarr.open_array(str(path))
+    plan = handle.plan(regions)
+    full = np.zeros((plan.n_regions, *plan.region_shape), dtype=dtype)
+    fast = compiled.lane(plan, handle.reader.read(plan.chunk_coords, deferred=True), handle.chain, full,
+                         partial=partial)
+    assert fast is not None
+    status = np.zeros(plan.n_chunks, dtype=np.int8)
+    scratch = np.full(handle.chain.stored_nbytes, 0xA5, dtype=np.uint8)
+    fast.run(0, plan.n_chunks, status, full.reshape(-1).view(np.uint8), np.empty(fast.input_bytes, dtype=np.uint8),
+             scratch, native.zstd_context())
+    expected = zarr_reference(arr, regions)
+    # a chunk c-blosc stored unshuffled as it was (incompressible) and read in part is the Python path's
+    assert (status == compiled.DONE).all() or (partial and set(status.tolist()) <= {compiled.DONE, compiled.PARTIAL})
+    if (status == compiled.DONE).all():
+        assert_same_batch(full, expected)
+    assert_same_batch(handle.read_batch(regions, device="cpu"), expected)
+    rows_fused = (fast.extents[:, -1] >= kernel_fuse_min_row()).all() and (shuffle == "bitshuffle" or itemsize > 1)
+    stored_whole = any(f.read_bytes()[2] & 0x02 for f in (path / "c").rglob("*") if f.is_file())  # memcpyed: c-blosc's
+    if rows_fused and blocksize == 0 and not stored_whole:  # one shuffled block per chunk: nothing in the scratch chunk
+        assert (scratch == 0xA5).all()
+
+
+def kernel_fuse_min_row() -> int:
+    from gpuzarr.engines import _compiled_kernel
+
+    return _compiled_kernel.FUSE_MIN_ROW
+
+
 def test_multi_block_blosc_chunks_of_other_compressors_read_in_part_go_to_the_python_path(tmp_path: Path) -> None:
     """LZ4 inside Blosc, read in part: c-blosc decodes only whole chunks, so the lane leaves them (statuses say so)."""
     path = tmp_path / "a.zarr"
@@ -489,6 +546,10 @@ def test_large_zstd_chunks_whole_in_the_lane_prefixes_in_the_python_path(tmp_pat
                          partial=False) is None  # both chunks are read only at their front
 
 
+_NO_SEGMENTS = np.zeros((0, 3), dtype=np.int64)  # blosc_blocks decodes into its ``dst``
+_NO_OUT = np.zeros(0, dtype=np.uint8)
+
+
 def _blosc_encode(data: np.ndarray, shuffle: int, blocksize: int, typesize: int, split: bool) -> bytes:
     """numcodecs' c-blosc encoding of ``data`` (Zstd inside); ``split``: every block in byte-plane streams."""
     from numcodecs import blosc
@@ -528,7 +589,7 @@ def test_blosc_block_decoder_equals_c_blosc(typesize: int, items: int, shuffle: 
     dst = np.full(nbytes, 0xA5, dtype=np.uint8)
     tmp, tmp2 = np.empty(bsize, dtype=np.uint8), np.empty(bsize, dtype=np.uint8)
     got = kernel.blosc_blocks(native.address(enc), enc.size, dst, needed, tmp, tmp2,
-                              int(compiled.function_addresses()[5]), native.zstd_context())
+                              int(compiled.function_addresses()[5]), native.zstd_context(), _NO_SEGMENTS, _NO_OUT, _NO_OUT)
     if enc[2] & 0x02:  # memcpyed: c-blosc's own
         assert got == kernel._BLOSC_OTHER
         return
@@ -536,6 +597,26 @@ def test_blosc_block_decoder_equals_c_blosc(typesize: int, items: int, shuffle: 
     owned = np.repeat(needed if needed.size else np.ones(nblocks, dtype=bool), bsize)[:nbytes]
     np.testing.assert_array_equal(dst[owned], expected[owned])
     assert (dst[~owned] == 0xA5).all()
+
+    # the same blocks written as rows straight into an output: any row start and length (past block
+    # and item bounds, overlapping, out of order before the sort the kernel does), each at its own place
+    starts = np.asarray(data.draw(st.lists(st.integers(0, nbytes - 1), min_size=1, max_size=12)), dtype=np.int64)
+    lengths = np.minimum(np.asarray(data.draw(st.lists(st.integers(1, 3 * bsize), min_size=starts.size,
+                                                       max_size=starts.size)), dtype=np.int64), nbytes - starts)
+    places = np.concatenate([[0], np.cumsum(lengths)[:-1]]) + 5
+    segments = np.stack([starts, lengths, places], axis=1)[np.argsort(starts, kind="stable")]
+    reached = np.zeros(nblocks, dtype=bool)
+    for start, length, _ in segments:
+        reached[start // bsize:(start + length - 1) // bsize + 1] = True
+    out = np.full(int(lengths.sum()) + 10, 0x5A, dtype=np.uint8)
+    dst[:] = 0xA5
+    got = kernel.blosc_blocks(native.address(enc), enc.size, dst, reached, tmp, tmp2,
+                              int(compiled.function_addresses()[5]), native.zstd_context(), segments, out,
+                              np.empty(bsize, dtype=np.uint8))
+    assert got == kernel._BLOSC_OK
+    for start, length, place in segments:
+        np.testing.assert_array_equal(out[place:place + length], expected[start:start + length])
+    assert (out[:5] == 0x5A).all() and (out[-5:] == 0x5A).all()
 
 
 @settings(max_examples=150, deadline=None)
@@ -559,7 +640,7 @@ def test_blosc_block_decoder_on_damaged_chunks_never_crashes(seed: int, flips: l
     dst = np.zeros(raw.size, dtype=np.uint8)
     tmp, tmp2 = np.empty(raw.size, dtype=np.uint8), np.empty(raw.size, dtype=np.uint8)
     got = kernel.blosc_blocks(native.address(src), src.size, dst, np.zeros(0, dtype=bool), tmp, tmp2,
-                              int(compiled.function_addresses()[5]), native.zstd_context())
+                              int(compiled.function_addresses()[5]), native.zstd_context(), _NO_SEGMENTS, _NO_OUT, _NO_OUT)
     assert got in (kernel._BLOSC_OK, kernel._BLOSC_OTHER, kernel._CORRUPT)
     if got == kernel._BLOSC_OK:  # then c-blosc decodes it too, to the same bytes (the lane says DONE for it)
         np.testing.assert_array_equal(dst, np.frombuffer(blosc.decompress(bytes(enc)), dtype=np.uint8))
@@ -592,7 +673,7 @@ def test_blosc_block_decoder_reads_nothing_past_the_chunk() -> None:
         dst = np.zeros(raw.size, dtype=np.uint8)
         tmp, tmp2 = np.empty(raw.size, dtype=np.uint8), np.empty(raw.size, dtype=np.uint8)
         got = kernel.blosc_blocks(native.address(buf) + size - len(enc), len(enc), dst, np.zeros(0, dtype=bool), tmp,
-                                  tmp2, int(compiled.function_addresses()[5]), native.zstd_context())
+                                  tmp2, int(compiled.function_addresses()[5]), native.zstd_context(), _NO_SEGMENTS, _NO_OUT, _NO_OUT)
         assert got == kernel._CORRUPT
     finally:
         libc.mprotect(guard, page, mmap.PROT_READ | mmap.PROT_WRITE)

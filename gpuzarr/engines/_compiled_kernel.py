@@ -11,7 +11,10 @@ unexpected only marks the chunk for the Python path, which reports it.
 block table and every stream size checked against the chunk first, by the rules of
 :mod:`gpuzarr.codecs.blosc.format`), with its own byte and bit unshuffle; tests hold it
 equal to c-blosc on every shuffle, item size, split and leftover block, and on damaged
-chunks.
+chunks. A shuffled chunk whose piece rows are at least ``FUSE_MIN_ROW`` bytes is not
+unshuffled into a whole decoded chunk and copied from there: each row is unshuffled from
+its block into a block-sized buffer and copied straight into the batch, so rows no piece
+reads are never unshuffled (measured on the 960² demo crops: 5% less CPU per batch).
 """
 
 from __future__ import annotations
@@ -149,6 +152,19 @@ def _memcpy(typingctx, dst, src, nbytes):
     return sig, codegen
 
 
+@intrinsic
+def _store_u64(typingctx, address, value):
+    """Store the uint64 ``value`` little-endian at ``address`` (no alignment assumed)."""
+    sig = types.void(types.int64, types.uint64)
+
+    def codegen(context, builder, signature, llargs):
+        ptr = builder.inttoptr(llargs[0], _I64.as_pointer())
+        builder.store(llargs[1], ptr, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # per-chunk status (see gpuzarr.engines.compiled)
 _DONE = 1
 _UNREADABLE = 2   # open/read failed, or the object is larger than the input buffer
@@ -180,26 +196,47 @@ def _transpose8(x):
     return x ^ t ^ (t << _U28)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _bit_group(src, q, rows):
+    """Byte ``q`` of each of the eight bit planes ``rows`` bytes apart at ``src``, transposed: eight unshuffled bytes."""
+    x = (np.uint64(src[q]) | (np.uint64(src[q + rows]) << np.uint64(8))
+         | (np.uint64(src[q + 2 * rows]) << np.uint64(16)) | (np.uint64(src[q + 3 * rows]) << np.uint64(24))
+         | (np.uint64(src[q + 4 * rows]) << np.uint64(32)) | (np.uint64(src[q + 5 * rows]) << np.uint64(40))
+         | (np.uint64(src[q + 6 * rows]) << np.uint64(48)) | (np.uint64(src[q + 7 * rows]) << np.uint64(56)))
+    return _transpose8(x)
+
+
 @njit(nogil=True, cache=True)
 def _bit_planes(src, s0, rows, dst64):
     """Eight bit planes of ``rows`` bytes at ``src[s0:]`` back to ``8 * rows`` bytes (as uint64 words in ``dst64``)."""
-    r1, r2, r3, r4, r5, r6, r7 = rows, 2 * rows, 3 * rows, 4 * rows, 5 * rows, 6 * rows, 7 * rows
     for j in range(rows):
-        q = s0 + j
-        x = (np.uint64(src[q]) | (np.uint64(src[q + r1]) << np.uint64(8)) | (np.uint64(src[q + r2]) << np.uint64(16))
-             | (np.uint64(src[q + r3]) << np.uint64(24)) | (np.uint64(src[q + r4]) << np.uint64(32))
-             | (np.uint64(src[q + r5]) << np.uint64(40)) | (np.uint64(src[q + r6]) << np.uint64(48))
-             | (np.uint64(src[q + r7]) << np.uint64(56)))
-        dst64[j] = _transpose8(x)
+        dst64[j] = _bit_group(src, s0 + j, rows)
 
 
 @njit(nogil=True, cache=True)
-def _byte_unshuffle(src, dst, d0, n, typesize):
-    """``dst[d0 + i * typesize + t] = src[t * n + i]`` for ``n`` items (c-blosc's ``unshuffle`` without its tail)."""
-    for i in range(n):
+def _bit_range(src, s0, g0, g1, rows, dst64):
+    """Words ``g0:g1`` of :func:`_bit_planes` (``dst64[g0:g1]``), the others untouched.
+
+    Written over views that start at ``g0``, with ``rows`` checked positive, so the compiler
+    sees no negative index and vectorises the loop as it does :func:`_bit_planes` (4× faster
+    than indexing from ``g0``, measured).
+    """
+    if rows <= 0 or g1 <= g0:
+        return
+    planes = src[s0 + g0:]
+    words = dst64[g0:g1]
+    for j in range(g1 - g0):
+        words[j] = _bit_group(planes, j, rows)
+
+
+@njit(nogil=True, cache=True)
+def _byte_unshuffle(src, stride, dst, d0, count, typesize):
+    """``dst[d0 + i * typesize + t] = src[t * stride + i]`` for ``count`` items (c-blosc's ``unshuffle`` without its
+    tail when ``count == stride``, the block's item count)."""
+    for i in range(count):
         o = d0 + i * typesize
         for t in range(typesize):
-            dst[o + t] = src[t * n + i]
+            dst[o + t] = src[t * stride + i]
 
 
 @njit(nogil=True, cache=True)
@@ -208,7 +245,7 @@ def _unshuffle_block(tmp, tmp2, dst, d0, bsize, typesize, mode):
     n = bsize // typesize
     done = 0
     if mode == MODE_SHUFFLE:
-        _byte_unshuffle(tmp, dst, d0, n, typesize)
+        _byte_unshuffle(tmp, n, dst, d0, n, typesize)
         done = n * typesize
     elif mode == MODE_BITSHUFFLE and n % 8 == 0:  # c-blosc 1.x copies a block of another item count as it is
         rows = n // 8
@@ -218,20 +255,58 @@ def _unshuffle_block(tmp, tmp2, dst, d0, bsize, typesize, mode):
             planes = tmp2[:n * typesize].view(np.uint64)
             for t in range(typesize):
                 _bit_planes(tmp, 8 * t * rows, rows, planes[t * rows:(t + 1) * rows])
-            _byte_unshuffle(tmp2, dst, d0, n, typesize)
+            _byte_unshuffle(tmp2, n, dst, d0, n, typesize)
         done = n * typesize
     for p in range(done, bsize):  # the tail that is not a whole item (or the whole unshuffled block)
         dst[d0 + p] = tmp[p]
 
 
 @njit(nogil=True, cache=True)
-def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
+def _unshuffle_range(tmp, tmp2, block, bsize, typesize, mode, lo, hi):
+    """Bytes ``lo:hi`` of the block whose stored bytes are in ``tmp``, unshuffled into ``block[lo:hi]``.
+
+    :func:`_unshuffle_block` for one range: only the whole items (bit shuffle: groups of
+    eight items) that hold a byte of the range are unshuffled, so rows no piece reads cost
+    nothing. The loops are those of :func:`_unshuffle_block`, which the compiler vectorises.
+    """
+    n = bsize // typesize
+    done = 0
+    if mode == MODE_SHUFFLE:
+        done = n * typesize
+        i0, i1 = lo // typesize, min((hi + typesize - 1) // typesize, n)
+        if i0 < i1:
+            _byte_unshuffle(tmp[i0:], n, block, i0 * typesize, i1 - i0, typesize)
+    elif mode == MODE_BITSHUFFLE and n % 8 == 0:
+        done = n * typesize
+        rows = n // 8
+        group = 8 * typesize  # the bytes of eight items
+        g0, g1 = lo // group, min((hi + group - 1) // group, rows)
+        if typesize == 1:
+            _bit_range(tmp, 0, g0, g1, rows, block[:8 * rows].view(np.uint64))
+        else:
+            planes = tmp2[:n * typesize].view(np.uint64)
+            for t in range(typesize):
+                _bit_range(tmp, 8 * t * rows, g0, g1, rows, planes[t * rows:(t + 1) * rows])
+            if g0 < g1:
+                _byte_unshuffle(tmp2[8 * g0:], n, block, 8 * g0 * typesize, 8 * (g1 - g0), typesize)
+    for p in range(max(lo, done), hi):  # the tail that is not a whole item (or the whole block, as stored)
+        block[p] = tmp[p]
+
+
+@njit(nogil=True, cache=True)
+def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx, segments, out, block):
     """Decode the ``needed`` blocks (all when ``needed`` is empty) of the Blosc1 chunk at address ``src`` into ``dst``.
 
     The header was checked by the caller (``cbytes == body``, ``nbytes == dst.size``).
     Returns ``_BLOSC_OK``, ``_BLOSC_OTHER`` (nothing written) or ``_CORRUPT``: a block start,
     stream size or stream outside the chunk, or a stream that does not decode to its size.
-    ``tmp`` and ``tmp2`` hold at least one block.
+    ``tmp``, ``tmp2`` (and ``block``, used only with ``segments``) hold at least one block.
+
+    With ``segments`` (rows ``(chunk byte offset, length, out offset)``, sorted by chunk
+    offset, each inside the chunk), the decoded chunk goes to ``out`` instead: each
+    segment's bytes are unshuffled into ``block`` (a block's worth, hot in cache) and copied
+    to its out offset, so the rows no segment reads are never unshuffled and nothing
+    passes through ``dst``, which then holds only the blocks stored without shuffle.
     """
     version = _load_u8(src)
     flags = _load_u8(src + 2)
@@ -254,6 +329,10 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
         mode = MODE_BITSHUFFLE
     dst_addr = dst.ctypes.data
     tmp_addr = tmp.ctypes.data
+    nseg = segments.shape[0]
+    out_addr = out.ctypes.data
+    block_addr = block.ctypes.data
+    seg = 0  # the first segment that may reach the block
     for b in range(nblocks):
         if needed.size and not needed[b]:
             continue
@@ -282,7 +361,23 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx):
             elif _zstd(f_zstd, zstd_ctx, base + j * neblock, neblock, stream, csize) != neblock:
                 return _CORRUPT  # a zstd error code is a huge size_t: never equal
             cursor += 4 + csize
-        if not direct:
+        if nseg:
+            d1 = d0 + bsize
+            while seg < nseg and segments[seg, 0] + segments[seg, 1] <= d0:
+                seg += 1
+            j = seg
+            while j < nseg and segments[j, 0] < d1:
+                lo = max(segments[j, 0], d0)
+                hi = min(segments[j, 0] + segments[j, 1], d1)
+                if lo < hi:
+                    o = segments[j, 2] + lo - segments[j, 0]
+                    if direct:
+                        _memcpy(out_addr + o, dst_addr + lo, hi - lo)
+                    else:
+                        _unshuffle_range(tmp, tmp2, block, bsize, typesize, block_mode, lo - d0, hi - d0)
+                        _memcpy(out_addr + o, block_addr + lo - d0, hi - lo)
+                j += 1
+        elif not direct:
             _unshuffle_block(tmp, tmp2, dst, d0, bsize, typesize, block_mode)
     return _BLOSC_OK
 
@@ -329,6 +424,64 @@ def _mark_blocks(needed, blocksize, q0, q1, src_offsets, extents, src_strides, i
             _next_row(index, extents, q, outer)
 
 
+#: the shortest piece row (bytes) unshuffled straight into the batch; a chunk with shorter rows is
+#: unshuffled whole and copied, as a row of a few bytes would redo the group transpose of its neighbours
+FUSE_MIN_ROW = 64
+
+
+@njit(nogil=True, cache=True)
+def _count_segments(q0, q1, extents, index):
+    """How many rows pieces ``q0:q1`` copy, or 0 when one is shorter than ``FUSE_MIN_ROW``.
+
+    The table costs 24 bytes a row, against at least ``FUSE_MIN_ROW`` bytes each row writes
+    into the batch: a fraction of the output, never more.
+    """
+    outer = extents.shape[1] - 1
+    count = 0
+    for q in range(q0, q1):
+        run, total = _first_row(index, extents, q, outer)
+        if total and run < FUSE_MIN_ROW:
+            return 0
+        count += total
+    return count
+
+
+@njit(nogil=True, cache=True)
+def _fill_segments(segments, q0, q1, src_offsets, dst_offsets, extents, src_strides, dst_strides, index):
+    """The rows of pieces ``q0:q1`` as ``(chunk offset, bytes, out offset)``, sorted by chunk offset."""
+    outer = extents.shape[1] - 1
+    r = 0
+    ordered = True
+    last = -1
+    for q in range(q0, q1):
+        run, total = _first_row(index, extents, q, outer)
+        for _ in range(total):
+            so = src_offsets[q]
+            do = dst_offsets[q]
+            for d in range(outer):
+                so += index[d] * src_strides[d]
+                do += index[d] * dst_strides[d]
+            segments[r, 0] = so
+            segments[r, 1] = run
+            segments[r, 2] = do
+            ordered = ordered and so >= last
+            last = so
+            r += 1
+            _next_row(index, extents, q, outer)
+    if not ordered:
+        segments[:, :] = segments[np.argsort(segments[:, 0], kind="mergesort")]
+
+
+@njit(nogil=True, cache=True)
+def _segment_blocks(needed, blocksize, segments):
+    """Mark in ``needed`` every block a byte of ``segments`` lies in."""
+    needed[:] = False
+    for j in range(segments.shape[0]):
+        b1 = min((segments[j, 0] + segments[j, 1] - 1) // blocksize, needed.size - 1)
+        for b in range(segments[j, 0] // blocksize, b1 + 1):
+            needed[b] = True
+
+
 @njit(nogil=True, cache=True)
 def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, starts, lengths, codec, crc,
                partial, inbuf, scratch, out, piece_offsets, src_offsets, dst_offsets, extents,
@@ -359,8 +512,10 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
     index = np.zeros(max(outer, 1), dtype=np.int64)
     tmp = np.empty(0, dtype=np.uint8)  # one Blosc block as stored, and the bit planes of one (grown to fit)
     tmp2 = np.empty(0, dtype=np.uint8)
+    block = np.empty(0, dtype=np.uint8)  # one unshuffled block, rows copied out of it into ``out``
     needed = np.zeros(0, dtype=np.bool_)
     every = np.zeros(0, dtype=np.bool_)
+    segments = np.zeros((0, 3), dtype=np.int64)  # one chunk's piece rows (see blosc_blocks), grown to fit
     fd = -1
     fd_path = -1
     fmap = 0  # the mapping of the open file's first fmap_len bytes (0: none), unmapped when another opens
@@ -453,17 +608,33 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
             if 0 < blocksize <= chunk_bytes and tmp.size < blocksize:
                 tmp = np.empty(blocksize, dtype=np.uint8)
                 tmp2 = np.empty(blocksize, dtype=np.uint8)
+                block = np.empty(blocksize, dtype=np.uint8)
+            flags = _load_u8(src + 2)
+            nseg = 0
+            if out.size and ((flags & FLAG_SHUFFLE and _load_u8(src + 3) > 1) or flags & FLAG_BITSHUFFLE):
+                nseg = _count_segments(piece_offsets[u], piece_offsets[u + 1], extents, index)
+                if nseg:
+                    if segments.shape[0] < nseg:
+                        segments = np.empty((nseg, 3), dtype=np.int64)
+                    _fill_segments(segments[:nseg], piece_offsets[u], piece_offsets[u + 1], src_offsets,
+                                   dst_offsets, extents, src_strides, dst_strides, index)
             want = every
             if partial and 0 < blocksize < nbytes:
                 nblocks = (nbytes + blocksize - 1) // blocksize
                 if needed.size < nblocks:
                     needed = np.zeros(nblocks, dtype=np.bool_)
                 want = needed[:nblocks]
-                _mark_blocks(want, blocksize, piece_offsets[u], piece_offsets[u + 1], src_offsets, extents,
-                             src_strides, index)
+                if nseg:
+                    _segment_blocks(want, blocksize, segments[:nseg])
+                else:
+                    _mark_blocks(want, blocksize, piece_offsets[u], piece_offsets[u + 1], src_offsets, extents,
+                                 src_strides, index)
                 if want.all():
                     want = every
-            got = blosc_blocks(src, body, scratch, want, tmp, tmp2, f_zstd, zstd_ctx)
+            got = blosc_blocks(src, body, scratch, want, tmp, tmp2, f_zstd, zstd_ctx, segments[:nseg], out, block)
+            if got == _BLOSC_OK and nseg:
+                status[u] = _DONE  # the pieces are in ``out`` already
+                continue
             if got == _BLOSC_OTHER:
                 if want.size:  # read in part, and c-blosc decodes whole chunks only: the Python path's
                     status[u] = _PARTIAL
