@@ -365,6 +365,16 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx, segments, 
             d1 = d0 + bsize
             while seg < nseg and segments[seg, 0] + segments[seg, 1] <= d0:
                 seg += 1
+            whole = False  # most of the block is read: one unshuffle of all of it beats one per row
+            if not direct:
+                covered = 0
+                j = seg
+                while j < nseg and segments[j, 0] < d1:
+                    covered += max(0, min(segments[j, 0] + segments[j, 1], d1) - max(segments[j, 0], d0))
+                    j += 1
+                whole = 2 * covered >= bsize
+                if whole:
+                    _unshuffle_block(tmp, tmp2, block, 0, bsize, typesize, block_mode)
             j = seg
             while j < nseg and segments[j, 0] < d1:
                 lo = max(segments[j, 0], d0)
@@ -374,7 +384,8 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx, segments, 
                     if direct:
                         _memcpy(out_addr + o, dst_addr + lo, hi - lo)
                     else:
-                        _unshuffle_range(tmp, tmp2, block, bsize, typesize, block_mode, lo - d0, hi - d0)
+                        if not whole:
+                            _unshuffle_range(tmp, tmp2, block, bsize, typesize, block_mode, lo - d0, hi - d0)
                         _memcpy(out_addr + o, block_addr + lo - d0, hi - lo)
                 j += 1
         elif not direct:
@@ -448,7 +459,10 @@ def _count_segments(q0, q1, extents, index):
 
 @njit(nogil=True, cache=True)
 def _fill_segments(segments, q0, q1, src_offsets, dst_offsets, extents, src_strides, dst_strides, index):
-    """The rows of pieces ``q0:q1`` as ``(chunk offset, bytes, out offset)``, sorted by chunk offset."""
+    """The rows of pieces ``q0:q1`` as ``(chunk offset, bytes, out offset)``, sorted by chunk offset; returns how many.
+
+    A row that continues the one before it in the chunk and in ``out`` extends it.
+    """
     outer = extents.shape[1] - 1
     r = 0
     ordered = True
@@ -461,15 +475,19 @@ def _fill_segments(segments, q0, q1, src_offsets, dst_offsets, extents, src_stri
             for d in range(outer):
                 so += index[d] * src_strides[d]
                 do += index[d] * dst_strides[d]
-            segments[r, 0] = so
-            segments[r, 1] = run
-            segments[r, 2] = do
-            ordered = ordered and so >= last
-            last = so
-            r += 1
+            if r and so == segments[r - 1, 0] + segments[r - 1, 1] and do == segments[r - 1, 2] + segments[r - 1, 1]:
+                segments[r - 1, 1] += run  # the row goes on where the last one ended, in the chunk and in ``out``
+            else:
+                segments[r, 0] = so
+                segments[r, 1] = run
+                segments[r, 2] = do
+                ordered = ordered and so >= last
+                last = so
+                r += 1
             _next_row(index, extents, q, outer)
     if not ordered:
-        segments[:, :] = segments[np.argsort(segments[:, 0], kind="mergesort")]
+        segments[:r, :] = segments[:r][np.argsort(segments[:r, 0], kind="mergesort")]
+    return r
 
 
 @njit(nogil=True, cache=True)
@@ -616,8 +634,8 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                 if nseg:
                     if segments.shape[0] < nseg:
                         segments = np.empty((nseg, 3), dtype=np.int64)
-                    _fill_segments(segments[:nseg], piece_offsets[u], piece_offsets[u + 1], src_offsets,
-                                   dst_offsets, extents, src_strides, dst_strides, index)
+                    nseg = _fill_segments(segments[:nseg], piece_offsets[u], piece_offsets[u + 1], src_offsets,
+                                          dst_offsets, extents, src_strides, dst_strides, index)
             want = every
             if partial and 0 < blocksize < nbytes:
                 nblocks = (nbytes + blocksize - 1) // blocksize
