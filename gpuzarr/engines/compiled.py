@@ -306,6 +306,11 @@ def note_statuses(chain: Any, status: np.ndarray) -> None:
         _MULTI_BLOCK.add(chain)
 
 
+#: the longest encoded chunk the lane reads into its buffer, in encoded bounds of the chain (zstd frames
+#: written in many small blocks can exceed the one-shot bound a little; a corrupt index entry exceeds it by far)
+_LONGEST_READ_BOUNDS = 4
+
+
 def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool) -> CompiledLane | None:
     """The compiled lane for one batch, or None when the Python path must take it whole.
 
@@ -347,7 +352,9 @@ def lane(plan: Any, encoded: Any, chain: Any, full: np.ndarray, *, partial: bool
     extents = plan.piece_extent.astype(np.int64)
     extents[:, -1] *= itemsize
     bound = encoded_bound(chain.stored_nbytes) + 4  # the compressed chunk and its CRC32C
-    longest = int(lengths.max()) if lengths.size else 0
+    # a read longer than an encoder writes (a damaged shard index says anything) is not given a buffer:
+    # past this size the kernel leaves it to the Python path, which names it
+    longest = min(int(lengths.max()) if lengths.size else 0, _LONGEST_READ_BOUNDS * bound)
     order = np.lexsort((starts, path_index))  # by file, then offset (bytes in memory: by address)
     return CompiledLane(kernel, order, kinds, path_index, path_offsets, paths, starts, lengths,
                         plan.chunk_piece_offsets.astype(np.int64), src_offsets, dst_offsets, extents,
