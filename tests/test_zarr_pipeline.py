@@ -131,6 +131,115 @@ def test_reads_equal_zarr(spec, data):
     np.testing.assert_array_equal(got, expected)
 
 
+@settings(max_examples=60, deadline=None)
+@given(spec=arrays(), data=st.data())
+def test_local_store_reads_from_the_event_loop_equal_zarr(tmp_path_factory, spec, data):
+    """LocalStore reads the compiled lane takes from zarr's event loop (no worker thread between): equal to zarr's
+    default pipeline for every selection, and the loop route ran for whole-box unsharded reads."""
+    compiled.ready(wait=True)
+    path = str(tmp_path_factory.mktemp("loop") / "a.zarr")
+    _make(spec, LocalStore(path))
+    kind, sel = data.draw(selections(spec["shape"]))
+    select = _apply(kind, sel)
+    expected = _read(LocalStore(path), select, "", pipeline=DEFAULT)
+    taken = []
+    original = zp._Job.decode_async
+
+    async def spy(self):
+        taken.append(1)
+        return await original(self)
+
+    zp._Job.decode_async = spy
+    try:
+        with warnings.catch_warnings(), zarr.config.set({"codec_pipeline.inline_max_bytes": 0}), \
+                gpuzarr.config.set({"cpu.compiled": "eager"}):
+            warnings.simplefilter("error", gpuzarr.PipelineFallbackWarning)
+            got = _read(LocalStore(path), select, "", pipeline=PLUGIN)
+    finally:
+        zp._Job.decode_async = original
+    np.testing.assert_array_equal(got, expected)
+    assert np.asarray(got).dtype == np.asarray(expected).dtype
+    if kind == "basic" and spec["shards"] is None and np.asarray(expected).size:
+        assert taken, "the read did not go from the event loop to the lane"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "remove", "lz4-in-part"])
+def test_reads_from_the_event_loop_with_damaged_missing_or_left_chunks(tmp_path, damage):
+    """From the event loop: a damaged chunk raises CorruptChunkError naming it, a missing chunk reads as fill, a
+    chunk the lane leaves (LZ4 inside Blosc, read in part) is decoded by the Python path on a worker thread."""
+    compiled.ready(wait=True)
+    path = tmp_path / "a.zarr"
+    ref = (np.arange(96 * 96, dtype="u2").reshape(96, 96) * 7) % 1000
+    comp = (zarr.codecs.BloscCodec(cname="lz4", shuffle="shuffle", blocksize=1024) if damage == "lz4-in-part"
+            else zarr.codecs.BloscCodec(cname="zstd", shuffle="bitshuffle", blocksize=1024))
+    with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+        zarr.create_array(store=str(path), shape=ref.shape, chunks=(48, 48), dtype="u2", compressors=comp,
+                          fill_value=9)[:] = ref
+    chunk = path / "c" / "1" / "0"
+    raw = bytearray(chunk.read_bytes())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0xFF
+    elif damage == "truncate":
+        raw = raw[:-5]
+    chunk.write_bytes(bytes(raw))
+    if damage == "remove":
+        chunk.unlink()
+    taken = []
+    original = zp._Job.decode_async
+
+    async def spy(self):
+        taken.append(1)
+        return await original(self)
+
+    region = (slice(30, 70), slice(10, 90))
+    with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+        try:
+            want = zarr.open_array(str(path), mode="r")[region]
+        except Exception as exc:  # noqa: BLE001 - zarr's own error for the damage
+            want = exc
+    zp._Job.decode_async = spy
+    try:
+        with zarr.config.set({"codec_pipeline.path": PLUGIN, "codec_pipeline.inline_max_bytes": 0}), \
+                gpuzarr.config.set({"cpu.compiled": "eager"}):
+            try:
+                got = zarr.open_array(str(path), mode="r")[region]
+            except gpuzarr.CorruptChunkError as exc:
+                got = exc
+    finally:
+        zp._Job.decode_async = original
+    assert taken
+    if isinstance(want, Exception) or damage in ("flip", "truncate"):
+        assert isinstance(got, gpuzarr.CorruptChunkError) and "c/1/0" in str(got), (want, got)
+    else:
+        np.testing.assert_array_equal(got, want)
+        if damage == "remove":
+            assert (got[18:, :38] == 9).all()  # chunk (1, 0): rows 48-96, columns 0-48
+
+
+def test_concurrent_reads_from_the_event_loop(tmp_path):
+    """Reads from many threads at once, all through zarr's one event loop to the engine's pool: every result right,
+    none waits forever (the loop never waits on a pool thread that waits on the pool)."""
+    import concurrent.futures
+
+    compiled.ready(wait=True)
+    path = str(tmp_path / "a.zarr")
+    ref = np.random.default_rng(1).integers(0, 1000, (8, 200, 300)).astype("u2")
+    with zarr.config.set({"codec_pipeline.path": DEFAULT}):
+        zarr.create_array(store=path, shape=ref.shape, chunks=(1, 100, 100), dtype="u2",
+                          compressors=zarr.codecs.BloscCodec(cname="zstd", shuffle="shuffle"))[:] = ref
+    rng = np.random.default_rng(2)
+    regions = [(int(t), slice(int(y), int(y) + 90), slice(int(x), int(x) + 150))
+               for t, y, x in zip(rng.integers(0, 8, 64), rng.integers(0, 110, 64), rng.integers(0, 150, 64),
+                                  strict=True)]
+    with zarr.config.set({"codec_pipeline.path": PLUGIN, "codec_pipeline.inline_max_bytes": 0}), \
+            gpuzarr.config.set({"cpu.compiled": "eager"}):
+        arr = zarr.open_array(path, mode="r")
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda r: arr[r], regions, timeout=120))
+    for region, got in zip(regions, results, strict=True):
+        np.testing.assert_array_equal(got, ref[region])
+
+
 def test_pipeline_is_registered_and_selected():
     with zarr.config.set({"codec_pipeline.path": PLUGIN}):
         arr = zarr.create_array(store=MemoryStore(), shape=(4,), chunks=(2,), dtype="i4")

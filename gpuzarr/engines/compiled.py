@@ -209,6 +209,11 @@ def runs_now() -> bool:
     return _compiler.get().kernel is not None
 
 
+def built() -> bool:
+    """Whether the kernel is compiled in this process already (never starts or waits for a compile)."""
+    return available() and _compiler.get().kernel is not None
+
+
 def _kernel(n_chunks: int) -> Any:
     """The compiled kernel when the ``cpu.compiled`` setting allows it and it is ready; else None.
 

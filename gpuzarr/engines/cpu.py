@@ -11,6 +11,7 @@ a pool of its own when the engine is given ``workers``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from collections.abc import Sequence
@@ -44,6 +45,11 @@ def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | N
     if region is None:
         return [tuple(slices[i:i + ndim]) for i in range(0, n * ndim, ndim)]
     return [(r, *slices[i * ndim:(i + 1) * ndim]) for i, r in enumerate(region.tolist())]
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():  # a cancelled wait (the caller gave up) stays cancelled
+        future.set_result(None)
 
 
 class CpuEngine:
@@ -98,6 +104,40 @@ class CpuEngine:
 
         ``stream`` is accepted for the :class:`~gpuzarr.engines.base.Engine` contract and ignored.
         """
+        full, partial = self._prepare(plan, chain, out)
+        todo: Sequence[int] = range(plan.n_chunks)
+        fast = compiled.lane(plan, encoded, chain, full, partial=partial)
+        if fast is not None:
+            todo = self._run_compiled(fast, plan.n_chunks, chain, full)
+            if not todo:
+                return self._finish(full, plan, transform)
+        self._python_path(plan, encoded, chain, fill_value, keys, array_name, full, todo, partial)
+        return self._finish(full, plan, transform)
+
+    async def decode_and_assemble_async(self, plan: BatchPlan, encoded: Sequence[Any], chain: DecodeChain,
+                                        fill_value: Any, *, keys: Sequence[str], array_name: str,
+                                        out: np.ndarray) -> None:
+        """:meth:`decode_and_assemble` into ``out`` for a caller on an event loop, which it never blocks for long.
+
+        The compiled lane's work goes to the pool's threads straight from the loop (the loop
+        awaits them: no thread in between that only waits), and what the lane leaves, or a
+        whole batch it cannot take, runs on a worker thread as :meth:`decode_and_assemble`.
+        """
+        full, partial = self._prepare(plan, chain, out)
+        fast = compiled.lane(plan, encoded, chain, full, partial=partial)
+        if fast is None:
+            await asyncio.to_thread(self._python_path, plan, encoded, chain, fill_value, keys, array_name, full,
+                                    range(plan.n_chunks), partial)
+            return
+        status = np.zeros(plan.n_chunks, dtype=np.int8)
+        await self._each_async(plan.n_chunks, self._lane_work(fast, status, chain, full), guided=True)
+        todo = self._lane_leftovers(chain, status)
+        if todo:
+            await asyncio.to_thread(self._python_path, plan, encoded, chain, fill_value, keys, array_name, full,
+                                    todo, partial)
+
+    def _prepare(self, plan: BatchPlan, chain: DecodeChain, out: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """The batch array (``out`` reshaped, checked; or a new one) and whether Blosc chunks decode in part."""
         full_shape = (plan.n_regions, *plan.region_shape)
         if out is not None:
             if tuple(out.shape) != plan.out_shape or out.dtype != chain.dtype:
@@ -105,14 +145,14 @@ class CpuEngine:
             full = out.reshape(full_shape)
         else:
             full = np.empty(full_shape, dtype=chain.dtype)
-        n = plan.n_chunks
         partial = chain.supports_partial_decode and chain.stored_nbytes >= config.get("partial_decode.min_chunk_bytes")
-        todo: Sequence[int] = range(n)
-        fast = compiled.lane(plan, encoded, chain, full, partial=partial)
-        if fast is not None:
-            todo = self._run_compiled(fast, n, chain, full)
-            if not todo:
-                return self._finish(full, plan, transform)
+        return full, partial
+
+    def _python_path(self, plan: BatchPlan, encoded: Sequence[Any], chain: DecodeChain, fill_value: Any,
+                     keys: Sequence[str], array_name: str, full: np.ndarray, todo: Sequence[int],
+                     partial: bool) -> None:
+        """Decode the chunks ``todo`` with the chain (numcodecs' C decoders) and copy their pieces into ``full``."""
+        n = plan.n_chunks
         # every per-piece number as Python ints, converted once per batch (no per-piece NumPy)
         offsets = plan.chunk_piece_offsets.tolist()
         dst_index = _piece_indices(plan.piece_dst_start, plan.piece_extent, plan.piece_region)
@@ -162,7 +202,6 @@ class CpuEngine:
                 assemble_chunk(todo[i])
 
         self._each(len(todo), assemble_chunks)
-        return self._finish(full, plan, transform)
 
     @staticmethod
     def _finish(full: np.ndarray, plan: BatchPlan, transform: Any) -> np.ndarray:
@@ -187,6 +226,52 @@ class CpuEngine:
             if n:
                 work(0, n)
             return
+        drain, failed = self._drainer(n, work, threads, guided)
+        helpers = [self.pool.submit(drain) for _ in range(threads - 1)]
+        try:
+            drain()
+        finally:
+            for f in helpers:
+                f.exception()  # wait for each; the first error is re-raised below
+        if failed:
+            raise failed[0]
+
+    async def _each_async(self, n: int, work: Any, *, guided: bool = False) -> None:
+        """:meth:`_each` with every piece on the pool's threads, awaited by the calling event loop.
+
+        The loop is woken once, by the last thread to finish (not once per thread).
+        """
+        threads = max(1, min(self.workers, n))
+        drain, failed = self._drainer(n, work, threads, guided)
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        left = [threads]
+        lock = threading.Lock()
+
+        def run() -> None:
+            try:
+                drain()
+            except BaseException:  # noqa: BLE001, S110 - kept in ``failed`` by drain, re-raised on the loop
+                pass
+            finally:
+                with lock:
+                    left[0] -= 1
+                    last = left[0] == 0
+                if last:
+                    try:
+                        loop.call_soon_threadsafe(_resolve, finished)
+                    except RuntimeError:  # the loop closed while the work ran: nobody waits for it
+                        pass
+
+        for _ in range(threads):
+            self.pool.submit(run)
+        await finished
+        if failed:
+            raise failed[0]
+
+    @staticmethod
+    def _drainer(n: int, work: Any, threads: int, guided: bool) -> tuple[Any, list[BaseException]]:
+        """A task that takes the next piece of ``range(n)`` until none is left (see :meth:`_each`), and its errors."""
         lock = threading.Lock()
         cursor = 0
         failed: list[BaseException] = []
@@ -210,25 +295,28 @@ class CpuEngine:
                 failed.append(exc)
                 raise
 
-        helpers = [self.pool.submit(drain) for _ in range(threads - 1)]
-        try:
-            drain()
-        finally:
-            for f in helpers:
-                f.exception()  # wait for each; the first error is re-raised below
-        if failed:
-            raise failed[0]
+        return drain, failed
 
     def _run_compiled(self, fast: compiled.CompiledLane, n: int, chain: DecodeChain, full: np.ndarray) -> list[int]:
         """Run the compiled lane over all ``n`` chunks; returns the chunks it left to the Python path."""
         status = np.zeros(n, dtype=np.int8)
+        self._each(n, self._lane_work(fast, status, chain, full), guided=True)
+        return self._lane_leftovers(chain, status)
+
+    def _lane_work(self, fast: compiled.CompiledLane, status: np.ndarray, chain: DecodeChain,
+                   full: np.ndarray) -> Any:
+        """``work(first, stop)``: the lane over chunks ``first:stop`` on the calling thread, with its buffers."""
         flat = full.reshape(-1).view(np.uint8)
 
         def work(first: int, stop: int) -> None:
             fast.run(first, stop, status, flat, self._input_for(fast.input_bytes),
                      self._scratch_for(chain.stored_nbytes), native.zstd_context())
 
-        self._each(n, work, guided=True)
+        return work
+
+    @staticmethod
+    def _lane_leftovers(chain: DecodeChain, status: np.ndarray) -> list[int]:
+        """The chunks the lane left to the Python path (and what the chain's statuses taught)."""
         compiled.note_statuses(chain, status)
         return np.flatnonzero(status != compiled.DONE).tolist()
 

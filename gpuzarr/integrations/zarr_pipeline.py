@@ -691,19 +691,42 @@ class _Job:
         return [_view(raws[i]) for i in self.piece_item.tolist()]
 
     # ---------------------------------------------------------------- decoding
-    def decode(self, encoded: list[Any], workers: int | None = None) -> None:
-        """Run the plan through the engine (``workers`` threads) and scatter into zarr's output."""
+    def _engine_call(self, workers: int | None) -> tuple[Any, Any, Sequence[str], str]:
+        """The engine, the fill value, the chunk keys and the array name one decode passes it."""
         from zarr.core.chunk_utils import fill_value_or_default
 
-        fill = fill_value_or_default(self.spec)
         if self.gpu:
             from gpuzarr.engines.base import resolve_engine
 
             engine = resolve_engine("cuda")
         else:
             engine = _cpu_engine(workers)
-        keys = self._keys()
-        array_name = str(getattr(self.items[0][0], "store", "zarr array"))
+        return (engine, fill_value_or_default(self.spec), self._keys(),
+                str(getattr(self.items[0][0], "store", "zarr array")))
+
+    def reads_on_the_loop(self) -> bool:
+        """Whether :meth:`decode_async` applies: the CPU with the compiled lane built (no compile on the loop),
+        zarr's output written in place, unsharded chunks of a local store (planning them reads nothing, so the
+        loop waits on no I/O)."""
+        return (not self.gpu and self.box and self.layout.shard is None and bool(self.items)
+                and compiled.setting() is not None and compiled.built() and _local_root(self.items[0][0]) is not None)
+
+    async def decode_async(self) -> None:
+        """:meth:`fetch_sync` and :meth:`decode` from the event loop, without a worker thread that only waits.
+
+        The compiled lane's work goes from the loop straight to the engine's threads
+        (:meth:`CpuEngine.decode_and_assemble_async`); one hand-off each way instead of two.
+        """
+        encoded = self.fetch_sync()
+        engine, fill, keys, array_name = self._engine_call(None)
+        if self.plan.n_chunks:
+            await engine.decode_and_assemble_async(self.plan, encoded, self.chain, fill, keys=keys,
+                                                   array_name=array_name, out=self.out.reshape((1, *self.out.shape)))
+        self._note_missing()
+
+    def decode(self, encoded: list[Any], workers: int | None = None) -> None:
+        """Run the plan through the engine (``workers`` threads) and scatter into zarr's output."""
+        engine, fill, keys, array_name = self._engine_call(workers)
         if self.box:
             out = self.out.reshape((1, *self.out.shape))
             if self.plan.n_chunks:
@@ -713,6 +736,9 @@ class _Job:
             boxes = engine.decode_and_assemble(self.plan, encoded, self.chain, fill, keys=keys,
                                                array_name=array_name)
             self._scatter(boxes, fill)
+        self._note_missing()
+
+    def _note_missing(self) -> None:
         if not self.gpu and hasattr(self, "_reads"):  # chunks or shards zarr's getter found missing
             for i, r in enumerate(self._reads):
                 if r.missing:
@@ -841,6 +867,8 @@ class GpuzarrCodecPipeline(CodecPipeline):
                 if not job.gpu and len(job.piece_item) * job.chain.nbytes <= inline_max:
                     # a small read from a local store: one thread, no hand-offs (they would cost more)
                     job.decode(job.fetch_sync(), workers=1)
+                elif job.reads_on_the_loop():
+                    await job.decode_async()
                 else:
                     await asyncio.to_thread(_run_sync, job)
             else:
