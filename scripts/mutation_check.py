@@ -109,6 +109,16 @@ MUTATIONS = [
     ("C11", "gpuzarr/integrations/zarr_pipeline.py", "keys[m], starts[m], lengths[m] = key, r.start, r.end - r.start",
      "keys[m], starts[m], lengths[m] = key, r.start, r.end - r.start - 1",
      "zarr plug-in: a LocalStore shard's inner chunks handed to the lane one byte short"),
+    ("C12", "gpuzarr/engines/_compiled_kernel.py", "for b in range(segments[j, 0] // blocksize, b1 + 1):",
+     "for b in range(segments[j, 0] // blocksize, b1):",
+     "compiled lane: the last block a row unshuffled into the batch reaches not decoded"),
+    ("C13", "gpuzarr/engines/_compiled_kernel.py", "g0, g1 = lo // group, min((hi + group - 1) // group, rows)",
+     "g0, g1 = lo // group, min(hi // group, rows)",
+     "compiled lane: a row's last group of bit-shuffled items not unshuffled"),
+    ("C14", "gpuzarr/engines/_compiled_kernel.py",
+     "if r and so == segments[r - 1, 0] + segments[r - 1, 1] and do == segments[r - 1, 2] + segments[r - 1, 1]:",
+     "if r and so == segments[r - 1, 0] + segments[r - 1, 1]:",
+     "compiled lane: rows merged when they continue each other in the chunk only, not in the batch"),
 ]
 
 
