@@ -4,9 +4,13 @@ One task per distinct chunk: decode it once with the array's
 :class:`~gpuzarr.codecs.chain.DecodeChain` (numcodecs' Blosc/Zstd/Gzip release the GIL,
 so the pool uses every core), then copy each of its pieces into the preallocated
 output — NumPy's copies release the GIL too. Chunks never written fill their pieces
-with the fill value without decoding anything. The pool is gpuzarr's one CPU pool
-(:func:`gpuzarr.threads.cpu_pool`, ``threads`` setting; rebuilt in a forked child), or
-a pool of its own when the engine is given ``workers``.
+with the fill value without decoding anything. Where the compiled lane
+(:mod:`gpuzarr.engines.compiled`) takes a batch, its threads read, decode and copy the
+chunks with no Python per chunk, and only the chunks it leaves take the path above.
+The pool is gpuzarr's one CPU pool (:func:`gpuzarr.threads.cpu_pool`, ``threads``
+setting; rebuilt in a forked child), or a pool of its own when the engine is given
+``workers``. :meth:`CpuEngine.decode_and_assemble_async` is the same for a caller on an
+event loop (the zarr plug-in).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def _piece_indices(start: np.ndarray, extent: np.ndarray, region: np.ndarray | N
 
 
 def _resolve(future: asyncio.Future) -> None:
+    """Mark ``future`` done (on its loop's thread) unless it already is."""
     if not future.done():  # a cancelled wait (the caller gave up) stays cancelled
         future.set_result(None)
 
@@ -121,7 +126,8 @@ class CpuEngine:
 
         The compiled lane's work goes to the pool's threads straight from the loop (the loop
         awaits them: no thread in between that only waits), and what the lane leaves, or a
-        whole batch it cannot take, runs on a worker thread as :meth:`decode_and_assemble`.
+        whole batch it cannot take, runs on a worker thread through the Python path, as in
+        :meth:`decode_and_assemble`.
         """
         full, partial = self._prepare(plan, chain, out)
         fast = compiled.lane(plan, encoded, chain, full, partial=partial)
