@@ -364,9 +364,14 @@ def test_shuffled_blosc_rows_unshuffled_straight_into_the_batch(tmp_path_factory
     wide = -(-kernel_fuse_min_row() // itemsize)  # the fewest items of a row unshuffled straight into the batch
     chunks = (data.draw(st.integers(1, 9), label="chunk rows"), data.draw(st.integers(wide, 4 * wide), label="chunk cols"))
     shape = (data.draw(st.integers(chunks[0], 3 * chunks[0])), data.draw(st.integers(chunks[1], 3 * chunks[1])))
+    planes = data.draw(st.sampled_from((0, 0, 1, 2)), label="leading axis chunk")  # 0: a 2-d array
+    if planes:  # a 3-d array: rows of several planes per chunk, the odometer over two outer axes
+        chunks = (planes, *chunks)
+        shape = (data.draw(st.integers(planes, 3 * planes)), *shape)
     path = tmp_path_factory.mktemp("rows") / "a.zarr"
     codecs = {"compressors": (BloscCodec(cname="zstd", shuffle=shuffle, clevel=1, typesize=itemsize, blocksize=blocksize),)}
     arr, _data = _array(path, codecs, shape=shape, chunks=chunks, dtype=dtype)
+    shape = shape[-2:]
     regions = []
     for _ in range(data.draw(st.integers(1, 5), label="regions")):
         w = data.draw(st.integers(1, shape[1]))
@@ -379,6 +384,11 @@ def test_shuffled_blosc_rows_unshuffled_straight_into_the_batch(tmp_path_factory
     height = max(r[0].stop - r[0].start for r in regions)
     regions = [(slice(min(r[0].start, shape[0] - height), min(r[0].start, shape[0] - height) + height), r[1])
                for r in regions]
+    if planes:
+        depth = data.draw(st.integers(1, arr.shape[0]), label="planes read")
+        regions = [(slice(z, z + depth), *r) for z, r in
+                   zip(data.draw(st.lists(st.integers(0, arr.shape[0] - depth), min_size=len(regions),
+                                          max_size=len(regions))), regions, strict=True)]
     handle = gpuzarr.open_array(str(path))
     plan = handle.plan(regions)
     full = np.zeros((plan.n_regions, *plan.region_shape), dtype=dtype)
