@@ -206,7 +206,7 @@ def runs_now() -> bool:
         return False
     if mode in ("eager", True):
         return ready(wait=True)
-    return _compiler.get().kernel is not None
+    return built()
 
 
 def built() -> bool:
