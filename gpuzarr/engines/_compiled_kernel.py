@@ -152,19 +152,6 @@ def _memcpy(typingctx, dst, src, nbytes):
     return sig, codegen
 
 
-@intrinsic
-def _store_u64(typingctx, address, value):
-    """Store the uint64 ``value`` little-endian at ``address`` (no alignment assumed)."""
-    sig = types.void(types.int64, types.uint64)
-
-    def codegen(context, builder, signature, llargs):
-        ptr = builder.inttoptr(llargs[0], _I64.as_pointer())
-        builder.store(llargs[1], ptr, align=1)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 # per-chunk status (see gpuzarr.engines.compiled)
 _DONE = 1
 _UNREADABLE = 2   # open/read failed, or the object is larger than the input buffer
@@ -237,6 +224,20 @@ def _byte_unshuffle(src, stride, dst, d0, count, typesize):
         o = d0 + i * typesize
         for t in range(typesize):
             dst[o + t] = src[t * stride + i]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _shuffle_mode(flags, typesize):
+    """The chunk's shuffle: byte shuffle when flag 0x01 and items of more than a byte, else bit shuffle when 0x04.
+
+    :func:`gpuzarr.codecs.blosc.format.shuffle_mode` for one chunk, before the per-block rule
+    (a bit-shuffled block smaller than one item is stored as it is), which the caller applies.
+    """
+    if flags & FLAG_SHUFFLE and typesize > 1:
+        return MODE_SHUFFLE
+    if flags & FLAG_BITSHUFFLE:
+        return MODE_BITSHUFFLE
+    return MODE_NONE
 
 
 @njit(nogil=True, cache=True)
@@ -322,11 +323,7 @@ def blosc_blocks(src, body, dst, needed, tmp, tmp2, f_zstd, zstd_ctx, segments, 
     table_end = HEADER_BYTES + 4 * nblocks
     if table_end > body:
         return _CORRUPT
-    mode = MODE_NONE
-    if flags & FLAG_SHUFFLE and typesize > 1:
-        mode = MODE_SHUFFLE
-    elif flags & FLAG_BITSHUFFLE:
-        mode = MODE_BITSHUFFLE
+    mode = _shuffle_mode(flags, typesize)
     dst_addr = dst.ctypes.data
     tmp_addr = tmp.ctypes.data
     nseg = segments.shape[0]
@@ -407,6 +404,15 @@ def _first_row(index, extents, q, outer):
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _row_offsets(index, outer, so, do, src_strides, dst_strides):
+    """The odometer's row: ``so`` and ``do`` (the piece's first row, in the chunk and in ``out``) stepped along."""
+    for d in range(outer):
+        so += index[d] * src_strides[d]
+        do += index[d] * dst_strides[d]
+    return so, do
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _next_row(index, extents, q, outer):
     """Advance the odometer ``index`` to piece ``q``'s next row (the last outer axis fastest)."""
     d = outer - 1
@@ -470,11 +476,7 @@ def _fill_segments(segments, q0, q1, src_offsets, dst_offsets, extents, src_stri
     for q in range(q0, q1):
         run, total = _first_row(index, extents, q, outer)
         for _ in range(total):
-            so = src_offsets[q]
-            do = dst_offsets[q]
-            for d in range(outer):
-                so += index[d] * src_strides[d]
-                do += index[d] * dst_strides[d]
+            so, do = _row_offsets(index, outer, src_offsets[q], dst_offsets[q], src_strides, dst_strides)
             if r and so == segments[r - 1, 0] + segments[r - 1, 1] and do == segments[r - 1, 2] + segments[r - 1, 1]:
                 segments[r - 1, 1] += run  # the row goes on where the last one ended, in the chunk and in ``out``
             else:
@@ -627,9 +629,8 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
                 tmp = np.empty(blocksize, dtype=np.uint8)
                 tmp2 = np.empty(blocksize, dtype=np.uint8)
                 block = np.empty(blocksize, dtype=np.uint8)
-            flags = _load_u8(src + 2)
             nseg = 0
-            if out.size and ((flags & FLAG_SHUFFLE and _load_u8(src + 3) > 1) or flags & FLAG_BITSHUFFLE):
+            if out.size and _shuffle_mode(_load_u8(src + 2), _load_u8(src + 3)) != MODE_NONE:
                 nseg = _count_segments(piece_offsets[u], piece_offsets[u + 1], extents, index)
                 if nseg:
                     if segments.shape[0] < nseg:
@@ -674,11 +675,7 @@ def run_chunks(first, stop, order, kinds, path_index, path_offsets, paths, start
             s0 = chunk + src_offsets[q]
             d0 = out_addr + dst_offsets[q]
             for _ in range(total):
-                so = s0
-                do = d0
-                for d in range(outer):
-                    so += index[d] * src_strides[d]
-                    do += index[d] * dst_strides[d]
+                so, do = _row_offsets(index, outer, s0, d0, src_strides, dst_strides)
                 _memcpy(do, so, run)
                 _next_row(index, extents, q, outer)
         status[u] = _DONE
