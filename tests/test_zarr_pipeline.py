@@ -8,6 +8,7 @@ own counters prove the reads went through gpuzarr rather than its fallback.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import warnings
 
@@ -131,6 +132,26 @@ def test_reads_equal_zarr(spec, data):
     np.testing.assert_array_equal(got, expected)
 
 
+@contextlib.contextmanager
+def _loop_route_taken():
+    """A list that gets an entry each time a read goes from zarr's event loop to the lane (``_Job.decode_async``).
+
+    Patched by hand, not with ``monkeypatch``: hypothesis runs many examples in one test call.
+    """
+    taken = []
+    original = zp._Job.decode_async
+
+    async def spy(self):
+        taken.append(1)
+        return await original(self)
+
+    zp._Job.decode_async = spy
+    try:
+        yield taken
+    finally:
+        zp._Job.decode_async = original
+
+
 @settings(max_examples=60, deadline=None)
 @given(spec=arrays(), data=st.data())
 def test_local_store_reads_from_the_event_loop_equal_zarr(tmp_path_factory, spec, data):
@@ -142,21 +163,10 @@ def test_local_store_reads_from_the_event_loop_equal_zarr(tmp_path_factory, spec
     kind, sel = data.draw(selections(spec["shape"]))
     select = _apply(kind, sel)
     expected = _read(LocalStore(path), select, "", pipeline=DEFAULT)
-    taken = []
-    original = zp._Job.decode_async
-
-    async def spy(self):
-        taken.append(1)
-        return await original(self)
-
-    zp._Job.decode_async = spy
-    try:
-        with warnings.catch_warnings(), zarr.config.set({"codec_pipeline.inline_max_bytes": 0}), \
-                gpuzarr.config.set({"cpu.compiled": "eager"}):
-            warnings.simplefilter("error", gpuzarr.PipelineFallbackWarning)
-            got = _read(LocalStore(path), select, "", pipeline=PLUGIN)
-    finally:
-        zp._Job.decode_async = original
+    with _loop_route_taken() as taken, warnings.catch_warnings(), \
+            zarr.config.set({"codec_pipeline.inline_max_bytes": 0}), gpuzarr.config.set({"cpu.compiled": "eager"}):
+        warnings.simplefilter("error", gpuzarr.PipelineFallbackWarning)
+        got = _read(LocalStore(path), select, "", pipeline=PLUGIN)
     np.testing.assert_array_equal(got, expected)
     assert np.asarray(got).dtype == np.asarray(expected).dtype
     if kind == "basic" and spec["shards"] is None and np.asarray(expected).size:
@@ -184,29 +194,18 @@ def test_reads_from_the_event_loop_with_damaged_missing_or_left_chunks(tmp_path,
     chunk.write_bytes(bytes(raw))
     if damage == "remove":
         chunk.unlink()
-    taken = []
-    original = zp._Job.decode_async
-
-    async def spy(self):
-        taken.append(1)
-        return await original(self)
-
     region = (slice(30, 70), slice(10, 90))
     with zarr.config.set({"codec_pipeline.path": DEFAULT}):
         try:
             want = zarr.open_array(str(path), mode="r")[region]
         except Exception as exc:  # noqa: BLE001 - zarr's own error for the damage
             want = exc
-    zp._Job.decode_async = spy
-    try:
-        with zarr.config.set({"codec_pipeline.path": PLUGIN, "codec_pipeline.inline_max_bytes": 0}), \
-                gpuzarr.config.set({"cpu.compiled": "eager"}):
-            try:
-                got = zarr.open_array(str(path), mode="r")[region]
-            except gpuzarr.CorruptChunkError as exc:
-                got = exc
-    finally:
-        zp._Job.decode_async = original
+    with _loop_route_taken() as taken, gpuzarr.config.set({"cpu.compiled": "eager"}), \
+            zarr.config.set({"codec_pipeline.path": PLUGIN, "codec_pipeline.inline_max_bytes": 0}):
+        try:
+            got = zarr.open_array(str(path), mode="r")[region]
+        except gpuzarr.CorruptChunkError as exc:
+            got = exc
     assert taken
     if isinstance(want, Exception) or damage in ("flip", "truncate"):
         assert isinstance(got, gpuzarr.CorruptChunkError) and "c/1/0" in str(got), (want, got)
