@@ -321,46 +321,45 @@ def _plain_bounds(regions: Sequence[object], shape: tuple[int, ...]) -> RegionBo
 
     The common batch: every region a tuple of one item per axis, each a Python ``int``
     or a ``slice`` of ints/None with no step, the same kind on each axis in every
-    region, all in bounds. One light pass in Python collects the numbers, NumPy
-    checks them; anything else (NumPy ints, ``...``, steps, bad bounds, mixed kinds)
-    returns None and the careful path accepts it or names the problem.
+    region, all in bounds. The regions are read column by column (one axis of every
+    region at a time) by C-level ``zip``/``map``/``set``, with no Python statement per
+    region; NumPy checks the numbers. Anything else (NumPy ints, ``...``, steps, bad
+    bounds, mixed kinds) returns None and the careful path accepts it or names the problem.
     """
     ndim = len(shape)
     if not regions or type(regions[0]) is not tuple or len(regions[0]) != ndim:
         return None
-    kinds = tuple(type(item) for item in regions[0])
+    kinds = tuple(map(type, regions[0]))
     if any(k is not int and k is not slice for k in kinds):
         return None
-    lows: list[int] = []
-    highs: list[int] = []
-    for region in regions:
-        if type(region) is not tuple or len(region) != ndim:
-            return None
-        for kind, item, size in zip(kinds, region, shape, strict=True):
-            if kind is int:
-                if type(item) is not int:
-                    return None
-                lows.append(item)
-                highs.append(item)  # replaced by start + 1 once negative indices are resolved
-                continue
-            if type(item) is not slice or item.step is not None:
-                return None
-            start, stop = item.start, item.stop
-            if start is None:
-                start = 0
-            elif type(start) is not int:
-                return None
-            if stop is None:
-                stop = size
-            elif type(stop) is not int:
-                return None
-            lows.append(start)
-            highs.append(stop)
+    if set(map(type, regions)) != {tuple} or set(map(len, regions)) != {ndim}:
+        return None
     n = len(regions)
+    lows: list[Any] = []
+    highs: list[Any] = []
+    for kind, column, size in zip(kinds, zip(*regions), shape, strict=True):  # an empty shape: no columns
+        if set(map(type, column)) != {kind}:
+            return None
+        if kind is int:
+            lows.append(column)
+            highs.append(column)  # replaced by start + 1 once negative indices are resolved
+            continue
+        if set(map(_slice_step, column)) != {None}:
+            return None
+        start = list(map(_slice_start, column))
+        stop = list(map(_slice_stop, column))
+        for bounds, default in ((start, 0), (stop, size)):
+            types = set(map(type, bounds))
+            if not types <= _INT_OR_NONE:
+                return None
+            if _NONE_TYPE in types:
+                bounds[:] = [default if b is None else b for b in bounds]
+        lows.append(start)
+        highs.append(stop)
     size = np.asarray(shape, dtype=np.int64)
     try:
-        lo = np.array(lows, dtype=np.int64).reshape(n, ndim)
-        hi = np.array(highs, dtype=np.int64).reshape(n, ndim)
+        lo = np.array(lows, dtype=np.int64).reshape(ndim, n).T
+        hi = np.array(highs, dtype=np.int64).reshape(ndim, n).T
     except OverflowError:  # a bound beyond int64: the careful path names it
         return None
     is_int = np.asarray([k is int for k in kinds])
@@ -373,7 +372,14 @@ def _plain_bounds(regions: Sequence[object], shape: tuple[int, ...]) -> RegionBo
     extents = hi - lo
     if (extents != extents[0]).any():
         return None
-    return RegionBounds(starts=lo, stops=hi, squeeze_axes=tuple(np.flatnonzero(is_int).tolist()))
+    return RegionBounds(starts=np.ascontiguousarray(lo), stops=hi, squeeze_axes=tuple(np.flatnonzero(is_int).tolist()))
+
+
+_slice_start = operator.attrgetter("start")
+_slice_stop = operator.attrgetter("stop")
+_slice_step = operator.attrgetter("step")
+_NONE_TYPE = type(None)
+_INT_OR_NONE = frozenset((int, _NONE_TYPE))
 
 
 def bounds_from_tables(
@@ -447,13 +453,18 @@ def plan_batch(
     dst_start = lo - starts[r_idx]
     extent = hi - lo
 
-    # distinct chunks by sorting coordinate rows: never linearised, so a grid of more
-    # than 2**63 chunks (a huge, mostly unwritten volume) plans like any other
-    chunk_coords, inverse = unique_rows(coords)
-    order = np.lexsort((r_idx, inverse))
-    piece_chunk = inverse[order].astype(np.int64)
+    # pieces sorted by chunk coordinates (lexicographic), then region, in one sort; the distinct
+    # chunks are where the sorted coordinates change. Rows are never linearised, so a grid of
+    # more than 2**63 chunks (a huge, mostly unwritten volume) plans like any other
+    order = np.lexsort((r_idx, *coords.T[::-1]))
+    ordered = coords[order]
+    new = np.ones(len(order), dtype=bool)
+    np.any(ordered[1:] != ordered[:-1], axis=1, out=new[1:])
+    chunk_coords = np.ascontiguousarray(ordered[new], dtype=np.int64)
+    piece_chunk = np.cumsum(new) - 1
     offsets = np.zeros(len(chunk_coords) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(piece_chunk, minlength=len(chunk_coords)), out=offsets[1:])
+    offsets[:-1] = np.flatnonzero(new)
+    offsets[-1] = len(order)
     return BatchPlan(
         array_shape=shape,
         chunk_shape=cs_t,
