@@ -241,6 +241,41 @@ def test_chunks_are_taken_shard_by_shard_front_to_back(tmp_path: Path) -> None:
     assert (np.diff(offsets)[same] > 0).all()
 
 
+@settings(max_examples=50, deadline=None)
+@given(names=st.lists(st.one_of(st.none(), st.sampled_from(("c/0", "c/1", "c/2"))), max_size=12))
+def test_key_tables_name_each_entry_as_its_key(names: list[str | None]) -> None:
+    """``key_table()`` (what the lane opens files by) says for every entry what ``keys`` says, each object once."""
+    from gpuzarr.storage.base import DeferredReads
+
+    distinct, index = DeferredReads(None, names).key_table()  # type: ignore[arg-type]
+    assert len(set(distinct)) == len(distinct) and None not in distinct
+    assert [distinct[i] if i >= 0 else None for i in index.tolist()] == names
+
+
+def test_shard_reads_key_table_matches_their_keys(tmp_path: Path) -> None:
+    path = tmp_path / "a.zarr"
+    _array(path, CODECS["zstd+crc32c"], shards=(32, 32))
+    os.remove(path / "c/1/0")  # a missing shard: its inner chunks have no key
+    handle = gpuzarr.open_array(str(path))
+    plan = handle.plan([(slice(a, a + 20), slice(b, b + 40)) for a in (0, 30, 44) for b in (0, 50)])
+    reads = handle.reader.read(plan.chunk_coords, deferred=True)
+    distinct, index = reads.key_table()
+    assert (index == -1).any() and (index >= 0).any()
+    assert [distinct[i] if i >= 0 else None for i in index.tolist()] == list(reads.keys)
+
+
+def test_a_key_with_a_nul_is_left_to_the_python_path(tmp_path: Path) -> None:
+    """A NUL inside a path would end it early in ``open``: such a batch never reaches the lane's file reads."""
+    from gpuzarr.storage.base import DeferredReads
+    from gpuzarr.storage.local import LocalFileFetcher
+
+    fetcher = LocalFileFetcher(str(tmp_path))
+    assert compiled._sources(DeferredReads(fetcher, ["c/0", "c/1\0/x"]), 2) is None
+    kinds, path_index, offsets, blob, *_ = compiled._sources(DeferredReads(fetcher, ["c/0", "c/1", "c/0"]), 3)
+    assert path_index.tolist() == [0, 1, 0] and (kinds == compiled.WHOLE_FILE).all()
+    assert [bytes(blob[o:]).split(b"\0")[0] for o in offsets.tolist()] == [os.fsencode(str(tmp_path / k)) for k in ("c/0", "c/1")]
+
+
 def test_truncated_shard_is_named(tmp_path: Path) -> None:
     path = tmp_path / "a.zarr"
     _array(path, CODECS["zstd+crc32c"], shards=(32, 96))

@@ -283,13 +283,13 @@ def test_chunk_byte_intervals_cover_every_piece_and_are_merged() -> None:
 @given(rows=st.lists(st.lists(st.integers(0, 2**40), min_size=3, max_size=3), max_size=40),
        small=st.booleans())
 def test_unique_rows_equals_numpy_unique_along_rows(rows: list[list[int]], small: bool) -> None:
-    """The shard reader's row unique (one number per row) gives np.unique(axis=0)'s rows and inverse."""
-    from gpuzarr.storage.reader import _unique_rows
+    """The planner's row unique (used by the shard reader too) gives np.unique(axis=0)'s rows and inverse."""
+    from gpuzarr.plan.planner import unique_rows
 
     table = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
     if small:
         table %= 5  # many repeats
-    uniq, inverse = _unique_rows(table)
+    uniq, inverse = unique_rows(table)
     want, want_inverse = np.unique(table, axis=0, return_inverse=True)
     np.testing.assert_array_equal(uniq, want)
     np.testing.assert_array_equal(inverse, want_inverse.reshape(-1))

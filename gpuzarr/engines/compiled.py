@@ -378,14 +378,11 @@ def _sources(encoded: Any, n: int) -> tuple | None:
         paths_of = getattr(encoded.fetcher, "local_paths", None)
         if paths_of is None:
             return None
-        keys = encoded.keys
         ranged = getattr(encoded, "starts", None)
-        unique = list(dict.fromkeys(k for k in keys if k is not None))
+        unique, path_index = encoded.key_table()
         paths = paths_of(unique)
         if paths is None:
             return None
-        number = {k: i for i, k in enumerate(unique)}
-        path_index = np.fromiter((-1 if k is None else number[k] for k in keys), dtype=np.int64, count=n)
         present = path_index >= 0
         if ranged is None:
             kinds[present] = WHOLE_FILE
@@ -393,11 +390,16 @@ def _sources(encoded: Any, n: int) -> tuple | None:
             kinds[present] = FILE_RANGE
             starts[:] = ranged
             lengths[:] = encoded.lengths
-        blobs = [os.fsencode(p) + b"\0" for p in paths]
-        sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-        path_offsets = np.zeros(len(blobs), dtype=np.int64)
-        np.cumsum(sizes[:-1], out=path_offsets[1:])
-        blob = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(1, dtype=np.uint8)
+        if not paths:
+            return kinds, path_index, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.uint8), starts, lengths, None
+        # the paths NUL-terminated, one after another, encoded in one call; a path with a NUL of its own
+        # would open another file: such a batch is the Python path's, whose open names the key
+        blob = np.frombuffer(os.fsencode("\0".join(paths) + "\0"), dtype=np.uint8)
+        ends = np.flatnonzero(blob == 0)
+        if len(ends) != len(paths):
+            return None
+        path_offsets = np.zeros(len(paths), dtype=np.int64)
+        path_offsets[1:] = ends[:-1] + 1
         return kinds, path_index, path_offsets, blob, starts, lengths, None
     keep = []
     for i in range(n):

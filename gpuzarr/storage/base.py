@@ -117,6 +117,19 @@ class DeferredReads(Sequence[DeferredRead]):
         """Read entry ``index`` into ``buffer_for(size)`` (uint8); ``None`` when its key does not exist."""
         return self.fetcher.read_into(self.keys[index], buffer_for)
 
+    def key_table(self) -> tuple[list[str], np.ndarray]:
+        """The distinct keys, and each entry's position among them (int64; -1: nothing to read).
+
+        For code that opens each object once however many entries read it (the CPU engine's
+        compiled lane). A subclass that knows its distinct keys already says so here.
+        """
+        keys = self.keys
+        distinct = list(dict.fromkeys(k for k in keys if k is not None))
+        if len(distinct) == len(keys):  # every entry its own object (unsharded chunks)
+            return distinct, np.arange(len(keys), dtype=np.int64)
+        number = {k: i for i, k in enumerate(distinct)}
+        return distinct, np.fromiter((-1 if k is None else number[k] for k in keys), dtype=np.int64, count=len(keys))
+
 
 def normalize_request(keys: Sequence[str], ranges: Sequence[Range] | None) -> tuple[list[str], list[Range]]:
     """``keys`` and one range per key (``None`` = whole object), checked to line up."""

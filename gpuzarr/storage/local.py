@@ -142,7 +142,11 @@ class LocalFileFetcher(ChunkFetcher):
         for name in ("read_into", "_with_open_file", "_path", "fetch"):
             if getattr(getattr(self, name), "__func__", None) is not getattr(LocalFileFetcher, name):
                 return None
-        return [self._path(k) for k in keys]
+        joined = "\0".join(keys)
+        if ".." in joined or joined.startswith("/") or "\0/" in joined:  # a key may escape: checked one by one
+            return [self._path(k) for k in keys]
+        prefix = self._root_prefix
+        return [prefix + k for k in keys]  # what _path gives a key with no "/" in front and no ".."
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._closed:

@@ -21,6 +21,7 @@ import numpy as np
 
 from gpuzarr.codecs.chain import DecodeChain, build_decode_chain, build_v2_decode_chain
 from gpuzarr.errors import CorruptChunkError, RangeNotSatisfiableError, UnsupportedCodecError
+from gpuzarr.plan.planner import unique_rows
 from gpuzarr.storage.base import Buffer, ByteRange, ChunkFetcher, DeferredRead, DeferredReads, SuffixRange
 
 if TYPE_CHECKING:
@@ -329,7 +330,7 @@ class ChunkReader:
         cps = np.asarray(self.shard.chunks_per_shard, dtype=np.int64)
         shard_coords = coords // cps
         inner = coords % cps
-        uniq, inverse = _unique_rows(shard_coords)
+        uniq, inverse = unique_rows(shard_coords)
         indexes = self.shard_indexes(uniq)
         # every shard's index as rows of one table (a missing shard: empty entries), then one gather
         per_shard = int(np.prod(cps))
@@ -346,9 +347,9 @@ class ChunkReader:
     def _deferred_inner_chunks(self, coords: np.ndarray) -> DeferredShardReads:
         """The inner chunks as byte ranges of their shards, each read later by the thread that decodes it."""
         uniq, inverse, inner, offsets, lengths, present = self._inner_chunk_extents(coords)
-        shard_keys = [self._store_key(c) for c in uniq.tolist()]
-        keys = [shard_keys[s] if p else None for s, p in zip(inverse.tolist(), present.tolist(), strict=True)]
-        return DeferredShardReads(self, keys, np.where(present, offsets, 0).astype(np.int64).tolist(),
+        shard_keys = self.store_keys(uniq)
+        shard_of = np.where(present, inverse, -1)
+        return DeferredShardReads(self, shard_keys, shard_of, np.where(present, offsets, 0).astype(np.int64).tolist(),
                                   lengths.astype(np.int64).tolist(), inner)
 
     def _read_inner_chunks(self, coords: np.ndarray) -> list[Buffer | None]:
@@ -393,24 +394,6 @@ class ChunkReader:
         return out
 
 
-def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(rows, axis=0, return_inverse=True)`` for non-negative integer rows, through one number per row.
-
-    ``np.unique`` along an axis sorts the rows as opaque records (tens of times slower); here
-    each row becomes its index in the box of the rows seen, and one 1-d unique does the rest.
-    The same rows in the same order come out.
-    """
-    if rows.shape[0] == 0 or rows.shape[1] == 0:
-        return np.unique(rows, axis=0, return_inverse=True)[0], np.zeros(rows.shape[0], dtype=np.int64)
-    dims = rows.max(axis=0) + 1
-    if float(np.prod(dims.astype(np.float64))) >= 2.0**62:  # the box would not fit an int64: the slow way
-        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
-        return uniq, inverse.reshape(-1)
-    flat = np.ravel_multi_index(tuple(rows.T), tuple(int(d) for d in dims))
-    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
-    return rows[first], inverse.reshape(-1)
-
-
 class DeferredShardReads(DeferredReads):
     """Inner chunks of a batch as byte ranges of their shards, read by the decoding threads.
 
@@ -421,11 +404,15 @@ class DeferredShardReads(DeferredReads):
     read, is a :class:`CorruptChunkError` naming the array, shard and inner chunk.
     """
 
-    __slots__ = ("inner", "lengths", "reader", "starts")
+    __slots__ = ("inner", "lengths", "reader", "shard_keys", "shard_of", "starts")
 
-    def __init__(self, reader: ChunkReader, keys: list[str | None], starts: list[int], lengths: list[int],
-                 inner: np.ndarray) -> None:
-        super().__init__(reader.fetcher, keys)  # type: ignore[arg-type]
+    def __init__(self, reader: ChunkReader, shard_keys: list[str], shard_of: np.ndarray, starts: list[int],
+                 lengths: list[int], inner: np.ndarray) -> None:
+        """``shard_keys``: the distinct shards; ``shard_of``: each inner chunk's shard among them (-1: not written)."""
+        named = [*shard_keys, None]  # position -1: no shard to read
+        super().__init__(reader.fetcher, [named[s] for s in shard_of.tolist()])  # type: ignore[arg-type]
+        self.shard_keys = shard_keys
+        self.shard_of = shard_of
         self.reader = reader
         self.starts = starts
         self.lengths = lengths
@@ -436,6 +423,9 @@ class DeferredShardReads(DeferredReads):
             return [self[i] for i in range(len(self.keys))[index]]
         key = self.keys[index]
         return None if key is None else DeferredRead(self.fetcher, key, self.starts[index], self.lengths[index])
+
+    def key_table(self) -> tuple[list[str], np.ndarray]:
+        return self.shard_keys, self.shard_of
 
     def load(self, index: int, buffer_for: Any) -> memoryview | None:
         key = self.keys[index]
