@@ -12,11 +12,13 @@ Three workloads, read from local files with the page cache warm:
 Every round reads one batch of fresh random crops with every reader, in a shuffled
 order (interleaved, so a machine whose load changes during the run affects every reader
 alike); the table reports the median crops per second per reader and gpuzarr's ratio to
-the others. Before its timed batch each reader reads ``--warm-batches`` untimed batches
-of other random crops (default 1), as a loader reading back to back would have: measured
-on the 2-core dev VM, a batch that follows a pause or another library's work runs up to
-1.6× slower (its CPU time too: the cores and caches come back cold), whichever reader it is,
-and for batches of a few milliseconds that start-up, not the reader, decided the ratio. gpuzarr reads through the same entry a :class:`gpuzarr.Loader` uses
+the others. Before its timed batch each reader reads untimed batches of other random crops
+for at least ``--warm-ms`` milliseconds (default 50) and at least ``--warm-batches``
+batches (default 1), as a loader reading back to back would have. Measured on the 2-core
+dev VM (docs/benchmarks.md): a batch that follows zarr-python's 190 ms read, a 190 ms sleep
+or 190 ms of another thread's work, with one 8-12 ms batch in between, ran 1.2-1.7× slower
+than in steady state (gpuzarr and tensorstore alike); its threads waited runnable while a
+core sat idle, for 10-25 ms after the pause. With 50 ms of warm-up the effect was gone. gpuzarr reads through the same entry a :class:`gpuzarr.Loader` uses
 (:meth:`ArrayHandle.read_batch` with region tuples, as a user writes them).
 
 It also reports gpuzarr's **host microseconds per chunk**: planning, read orchestration
@@ -383,7 +385,8 @@ def compiled_host_time(path: str, workload: Workload, rounds: int, seed: int) ->
             "compiled_codec_us_per_chunk": 1e6 * codec_s / chunks}
 
 
-def run_workload(workload: Workload, rounds: int, seed: int, readers: list[str], warm_batches: int = 1) -> dict[str, Any]:
+def run_workload(workload: Workload, rounds: int, seed: int, readers: list[str], warm_batches: int = 1,
+                 warm_ms: float = 50.0) -> dict[str, Any]:
     fns = make_readers(workload.path)
     fns = {k: v for k, v in fns.items() if k in readers}
     import zarr
@@ -407,14 +410,17 @@ def run_workload(workload: Workload, rounds: int, seed: int, readers: list[str],
         names = list(fns)
         order_rng.shuffle(names)
         for name in names:
-            for _ in range(warm_batches):
+            warm_until = time.perf_counter() + warm_ms / 1e3
+            done = 0
+            while done < warm_batches or time.perf_counter() < warm_until:
                 fns[name](random_regions(shape, workload.crop, workload.batch, warm_rng))
+                done += 1
             c0, t0 = time.process_time(), time.perf_counter()
             fns[name](regions)
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     result: dict[str, Any] = {"workload": workload.name, "description": workload.description,
-                              "batch": workload.batch, "rounds": rounds, "warm_batches": warm_batches, "readers": {}}
+                              "batch": workload.batch, "rounds": rounds, "warm_batches": warm_batches, "warm_ms": warm_ms, "readers": {}}
     for name, ts_ in times.items():
         med = statistics.median(ts_)
         cpu_med = statistics.median(cpu[name])
@@ -431,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--host-rounds", type=int, default=10)
     parser.add_argument("--warm-batches", type=int, default=1,
-                        help="untimed batches each reader reads right before its timed one (0: none)")
+                        help="untimed batches each reader reads right before its timed one, at least (0: none)")
+    parser.add_argument("--warm-ms", type=float, default=50.0,
+                        help="and untimed batches until at least this many milliseconds passed (0: only --warm-batches)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default="bench-out/host-data")
     parser.add_argument("--json", default="bench-out/bench-host.json")
@@ -447,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in names:
         w = workloads[name]
-        res = run_workload(w, args.rounds, args.seed, readers, args.warm_batches)
+        res = run_workload(w, args.rounds, args.seed, readers, args.warm_batches, args.warm_ms)
         with gpuzarr.config.set({"cpu.compiled": "off"}):
             res["host"] = host_time(w.path, w, args.host_rounds, args.seed + 1)
         res["host"].update(compiled_host_time(w.path, w, args.host_rounds, args.seed + 1))
