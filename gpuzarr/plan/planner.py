@@ -456,10 +456,7 @@ def plan_batch(
     # pieces sorted by chunk coordinates (lexicographic), then region, in one sort; the distinct
     # chunks are where the sorted coordinates change. Rows are never linearised, so a grid of
     # more than 2**63 chunks (a huge, mostly unwritten volume) plans like any other
-    order = np.lexsort((r_idx, *coords.T[::-1]))
-    ordered = coords[order]
-    new = np.ones(len(order), dtype=bool)
-    np.any(ordered[1:] != ordered[:-1], axis=1, out=new[1:])
+    order, ordered, new = sorted_rows(coords, then=r_idx)
     chunk_coords = np.ascontiguousarray(ordered[new], dtype=np.int64)
     piece_chunk = np.cumsum(new) - 1
     offsets = np.zeros(len(chunk_coords) + 1, dtype=np.int64)
@@ -481,21 +478,31 @@ def plan_batch(
     )
 
 
+def sorted_rows(rows: np.ndarray, then: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The order that sorts an (n, k) table's rows lexicographically (ties by ``then``, then stably),
+    the rows in that order, and a mask of where a row differs from the one before it.
+
+    One stable sort of the rows, never turned into one linear index that could overflow int64.
+    """
+    if then is not None:
+        order = np.lexsort((then, *rows.T[::-1]))
+    elif rows.shape[1]:
+        order = np.lexsort(rows.T[::-1])  # the key table as one array: cheaper than a tuple of columns
+    else:
+        order = np.arange(len(rows))
+    ordered = rows[order]
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    return order, ordered, new
+
+
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of an (n, k) int64 table in lexicographic order, and each row's index among them.
 
-    Like ``np.unique(rows, axis=0, return_inverse=True)`` (one stable sort of the rows),
-    without turning a row into one linear index that could overflow int64.
+    Like ``np.unique(rows, axis=0, return_inverse=True)``, through :func:`sorted_rows`.
     """
-    n, k = rows.shape
-    if k == 0:
-        return np.zeros((1 if n else 0, 0), dtype=np.int64), np.zeros(n, dtype=np.int64)
-    order = np.lexsort(rows.T[::-1]) if k > 1 else np.argsort(rows[:, 0], kind="stable")
-    ordered = rows[order]
-    new = np.ones(n, dtype=bool)
-    if n > 1:
-        new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-    inverse = np.empty(n, dtype=np.int64)
+    order, ordered, new = sorted_rows(rows)
+    inverse = np.empty(len(rows), dtype=np.int64)
     inverse[order] = np.cumsum(new) - 1
     return np.ascontiguousarray(ordered[new], dtype=np.int64), inverse
 
