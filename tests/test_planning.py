@@ -280,16 +280,108 @@ def test_chunk_byte_intervals_cover_every_piece_and_are_merged() -> None:
             assert not (covered & ~allowed).any(), "an interval covers a row no piece reads"
 
 
-@given(rows=st.lists(st.lists(st.integers(0, 2**40), min_size=3, max_size=3), max_size=40),
-       small=st.booleans())
-def test_unique_rows_equals_numpy_unique_along_rows(rows: list[list[int]], small: bool) -> None:
-    """The planner's row unique (used by the shard reader too) gives np.unique(axis=0)'s rows and inverse."""
+@pytest.mark.parametrize("path", ["numpy", "compiled"])
+@given(rows=st.lists(st.lists(st.integers(-2**63, 2**63 - 1), min_size=3, max_size=3), max_size=40),
+       spread=st.sampled_from([5, 2**20, 2**40, None]))
+def test_unique_rows_equals_numpy_unique_along_rows(path: str, rows: list[list[int]], spread: int | None) -> None:
+    """The planner's row unique (used by the shard reader too) gives np.unique(axis=0)'s rows and inverse.
+
+    On both paths: the compiled twin where its linear key fits (small spreads, many repeats),
+    the NumPy steps where it would overflow (any int64 at all).
+    """
+    import gpuzarr
+    from gpuzarr.engines import compiled
     from gpuzarr.plan.planner import unique_rows
 
+    if path == "compiled" and not compiled.ready(wait=True):
+        pytest.skip("the compiled lane (Numba) is not available here")
     table = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-    if small:
-        table %= 5  # many repeats
-    uniq, inverse = unique_rows(table)
+    if spread is not None:
+        table %= spread  # many repeats when small
+    with gpuzarr.config.set({"cpu.compiled": "off" if path == "numpy" else "eager"}):
+        uniq, inverse = unique_rows(table)
     want, want_inverse = np.unique(table, axis=0, return_inverse=True)
-    np.testing.assert_array_equal(uniq, want)
+    assert uniq.dtype == inverse.dtype == np.int64
+    np.testing.assert_array_equal(uniq, want.reshape(-1, 3))
     np.testing.assert_array_equal(inverse, want_inverse.reshape(-1))
+
+
+PLAN_FIELDS = ("chunk_coords", "chunk_piece_offsets", "piece_chunk", "piece_region", "piece_src_start",
+               "piece_dst_start", "piece_extent")
+
+
+@pytest.fixture(scope="module")
+def compiled_planner() -> None:
+    """The compiled planner installed (it comes with the CPU engine's compiled lane; skipped without Numba)."""
+    from gpuzarr.engines import compiled
+    from gpuzarr.plan import planner
+
+    if not compiled.ready(wait=True):
+        pytest.skip("the compiled lane (Numba) is not available here")
+    assert planner._compiled_pieces is not None
+
+
+def _both_paths(regions: Any, shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[BatchPlan, BatchPlan]:
+    import gpuzarr
+
+    with gpuzarr.config.set({"cpu.compiled": "off"}):
+        reference = plan_batch(regions, shape, chunks, "numpy")
+    return reference, plan_batch(regions, shape, chunks, "compiled")
+
+
+def _assert_same_plan(got: BatchPlan, want: BatchPlan) -> None:
+    for field in PLAN_FIELDS:
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == b.dtype == np.int64 and a.shape == b.shape, field
+        np.testing.assert_array_equal(a, b, err_msg=field)
+    assert (got.out_shape, got.region_shape, got.squeeze_axes, got.n_regions) == (
+        want.out_shape, want.region_shape, want.squeeze_axes, want.n_regions)
+
+
+@PLANNING
+@given(case=planning_cases(max_regions=12), scale=st.sampled_from([0, 2**21, 2**40, 2**61]))
+def test_compiled_planner_equals_the_numpy_planner(
+    compiled_planner: None, case: tuple[tuple[int, ...], tuple[int, ...], Batch], scale: int,
+) -> None:
+    """Every array the compiled planner returns equals the NumPy planner's, field by field, dtype and shape.
+
+    Including empty regions and batches, integer axes, edge chunks, chunks larger than the
+    array, and grids far out (``scale``) whose sort key would overflow int64: those take
+    the NumPy steps, the rest the compiled pass.
+    """
+    shape, chunks, batch = case
+    if scale == 0:
+        _assert_same_plan(*reversed(_both_paths(list(batch.regions), shape, chunks)))
+        return
+    if len(batch.starts) == 0:
+        return
+    offset = np.asarray([c * (scale // c if c <= scale else 1) for c in chunks], dtype=np.int64)
+    huge_shape = tuple(int(s + o) for s, o in zip(shape, offset, strict=True))
+    bounds = bounds_from_tables(batch.starts + offset, batch.stops[0] - batch.starts[0], batch.int_axes, huge_shape)
+    _assert_same_plan(*reversed(_both_paths(bounds, huge_shape, chunks)))
+
+
+def test_compiled_planner_takes_batches_whose_key_fits(compiled_planner: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled pass runs when prod(chunks per axis) * regions < 2**63, the NumPy steps otherwise."""
+    from gpuzarr.plan import planner
+
+    calls: list[int] = []
+    real = planner._compiled_pieces
+
+    def counting(*args: Any) -> Any:
+        calls.append(len(args[0]))
+        return real(*args)
+
+    monkeypatch.setattr(planner, "_compiled_pieces", counting)
+    plan_batch([(slice(0, 3), slice(2, 9))] * 2, (10, 20), (4, 4))
+    assert calls == [2]
+    side = 2**31  # 2**62 chunks of one element: times 2 regions is 2**63, one past what fits
+    plan_batch([(slice(0, 1), slice(0, 1))] * 2, (side, side), (1, 1))
+    assert calls == [2]
+    plan_batch([(slice(0, 1), slice(0, 1))], (side, side), (1, 1))
+    assert calls == [2, 1]
+    import gpuzarr
+
+    with gpuzarr.config.set({"cpu.compiled": "off"}):
+        plan_batch([(slice(0, 3), slice(2, 9))], (10, 20), (4, 4))
+    assert calls == [2, 1]

@@ -122,11 +122,14 @@ def _map_min() -> int:
 
 
 def _build() -> Any:
-    """Compile (or load from Numba's cache) the kernel; returns the dispatcher."""
+    """Compile (or load from Numba's cache) the kernel and the planner's twins (installed in the planner); returns the kernel."""
     from gpuzarr.engines import _compiled_kernel
+    from gpuzarr.plan import _compiled_plan, planner
 
     kernel = _compiled_kernel.run_chunks
     _compiled_kernel.warm_up(kernel)
+    _compiled_plan.warm_up()
+    planner.install_compiled(_compiled_plan)
     return kernel
 
 

@@ -2,7 +2,8 @@
 
 Device-free and vectorised: every step after parsing the regions runs as whole-array
 NumPy operations over all (region, chunk) pairs of the batch, so planning a batch of
-hundreds of crops costs the same handful of NumPy calls as planning one.
+hundreds of crops costs the same handful of NumPy calls as planning one (or one compiled
+call, below).
 
 The plan is the contract between the planner and both engines:
 
@@ -17,10 +18,16 @@ The plan is the contract between the planner and both engines:
 Integer indices select a single element along an axis and drop that axis from the
 output, exactly as NumPy and zarr do; they are planned as length-1 slices and listed
 in ``squeeze_axes``.
+
+Once the CPU engine's compiled lane is built, :func:`plan_batch` and :func:`unique_rows`
+run their Numba twins (:mod:`gpuzarr.plan._compiled_plan`, installed through
+:func:`install_compiled`) where the twins' int64 sort keys fit; the NumPy steps here are
+the reference they are tested against, and the path otherwise.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.errors import RegionError
+from gpuzarr.settings import config
 
 
 class RegionTable(Sequence[tuple[Any, ...]]):
@@ -430,6 +438,15 @@ def plan_batch(
     cs = np.asarray(cs_t, dtype=np.int64).reshape(ndim)
     shp = np.asarray(shape, dtype=np.int64).reshape(ndim)
 
+    per_axis = [-(-size // max(c, 1)) for size, c in zip(shape, cs_t, strict=True)]  # chunks along each axis
+    compiled = _compiled_pieces  # the same pieces in one compiled pass, when installed
+    if compiled is not None and math.prod(per_axis) * n_regions < 2**63 and config.get("cpu.compiled") not in _OFF:
+        coords_u, offsets, piece_chunk, piece_region, src_start, dst_start, extent = compiled(
+            np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(stops, dtype=np.int64), cs, shp,
+            np.asarray(per_axis, dtype=np.int64))
+        return BatchPlan(shape, cs_t, bounds.region_shape, bounds.squeeze_axes, n_regions, coords_u, offsets,
+                         piece_chunk, piece_region, src_start, dst_start, extent)
+
     nonempty = (stops > starts).all(axis=1) if ndim else np.ones(n_regions, dtype=bool)
     c_lo = starts // np.maximum(cs, 1)
     c_hi = (stops - 1) // np.maximum(cs, 1)
@@ -478,6 +495,26 @@ def plan_batch(
     )
 
 
+#: the compiled twins (:mod:`gpuzarr.plan._compiled_plan`) of plan_batch's pieces and of unique_rows, once installed
+_compiled_pieces: Any = None
+_compiled_unique_rows: Any = None
+#: ``cpu.compiled`` values that keep every compiled path off
+_OFF = ("off", False)
+
+
+def install_compiled(twins: Any) -> None:
+    """Let :func:`plan_batch` and :func:`unique_rows` run the compiled twins of module ``twins``.
+
+    ``twins`` is :mod:`gpuzarr.plan._compiled_plan`, installed by the CPU engine's compiled
+    lane once it has compiled it; ``None`` goes back to NumPy. The NumPy steps stay the
+    reference, and the path whenever the ``cpu.compiled`` setting is ``"off"`` or a sort
+    key could overflow int64.
+    """
+    global _compiled_pieces, _compiled_unique_rows
+    _compiled_pieces = None if twins is None else twins.plan_pieces
+    _compiled_unique_rows = None if twins is None else twins.unique_rows
+
+
 def sorted_rows(rows: np.ndarray, then: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The order that sorts an (n, k) table's rows lexicographically (ties by ``then``, then stably),
     the rows in that order, and a mask of where a row differs from the one before it.
@@ -501,6 +538,11 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Like ``np.unique(rows, axis=0, return_inverse=True)``, through :func:`sorted_rows`.
     """
+    compiled = _compiled_unique_rows
+    if compiled is not None and config.get("cpu.compiled") not in _OFF:
+        distinct, inverse, fits = compiled(np.ascontiguousarray(rows, dtype=np.int64))
+        if fits:
+            return distinct, inverse
     order, ordered, new = sorted_rows(rows)
     inverse = np.empty(len(rows), dtype=np.int64)
     inverse[order] = np.cumsum(new) - 1
