@@ -176,3 +176,22 @@ def test_garbage_index_without_checksum_names_array_and_shard(index_location: st
     with pytest.raises(CorruptChunkError) as info:
         handle[0:4, 0:4]
     assert handle.name in str(info.value) and "c/0/0" in str(info.value) and "inner chunk" in str(info.value)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_a_shard_index_cache_smaller_than_a_batch_reads_right(tmp_path: Path, size: int) -> None:
+    """A batch over more shards than the index cache holds: indexes evicted by the batch's own reads still serve it.
+
+    Batches mix shards whose index is cached with shards read now, in both orders, and
+    repeat; every value equals zarr-python's, and the cache never holds more than its size.
+    """
+    make_sharded(tmp_path / "a.zarr", "end")
+    handle = gpuzarr.open_array(str(tmp_path / "a.zarr"))
+    handle.reader._index_cache_size = size
+    regions = [(slice(0, 4), slice(0, 4)), (slice(4, 8), slice(4, 8)), (slice(0, 4), slice(4, 8)),
+               (slice(4, 8), slice(0, 4)), (slice(2, 6), slice(2, 6))]
+    for batch in (regions, regions[::-1], regions[1:3], regions, regions[2:]):
+        got = handle.read_batch(batch, device="cpu")
+        for region, crop in zip(batch, got, strict=True):
+            np.testing.assert_array_equal(crop, VALUES[region])
+        assert len(handle.reader._index_cache) <= size

@@ -11,10 +11,12 @@ fetcher here, so every engine benefits from it.
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from gpuzarr.storage.buffers import DeviceBatch
 
 _MAX_UINT64 = np.uint64(2**64 - 1)
+#: a shard index not in the cache (a cached None is a shard that does not exist)
+_NOT_CACHED = object()
 
 
 class EncodedChunkCache(Protocol):
@@ -247,45 +251,43 @@ class ChunkReader:
         """Decoded shard indexes (``(*chunks_per_shard, 2)`` uint64), read once then cached."""
         assert self.shard is not None
         layout = self.shard
-        keys = [tuple(c) for c in shard_coords.tolist()]
+        keys = list(map(tuple, shard_coords.tolist()))
         with self._index_lock:
-            todo = [k for k in dict.fromkeys(keys) if k not in self._index_cache]
-        if todo:
-            store_keys = [self._store_key(k) for k in todo]
-            rng = (
-                ByteRange(0, layout.index_nbytes)
-                if layout.index_location == "start"
-                else SuffixRange(layout.index_nbytes)
-            )
-            raws = self._fetch_shard_ranges(store_keys, [rng] * len(todo))
-            decoded: list[np.ndarray | None] = []
-            for key, raw in zip(store_keys, raws, strict=True):
-                if raw is None:
-                    decoded.append(None)
-                    continue
-                try:
-                    index = layout.index_chain.decode(raw, key=key, array=self.array_name)
-                except CorruptChunkError as exc:
-                    raise CorruptChunkError(
-                        f"{self.array_name}: shard index of {key!r} is corrupt: {exc}", array=self.array_name, key=key
-                    ) from exc
-                entries = np.asarray(index, dtype=np.uint64).reshape(*layout.chunks_per_shard, 2)
-                check_shard_index(entries, layout, key, self.array_name)
-                decoded.append(entries)
-            with self._index_lock:
-                for k, idx in zip(todo, decoded, strict=True):
-                    self._index_cache[k] = idx
-                    self._index_cache.move_to_end(k)
-                while len(self._index_cache) > self._index_cache_size:
-                    self._index_cache.popitem(last=False)
-                found = {k: self._index_cache[k] for k in keys if k in self._index_cache}
-            # an index evicted between insert and lookup (tiny cache) is still in `decoded`
-            found.update(zip(todo, decoded, strict=True))
-        else:
-            with self._index_lock:
-                found = {k: self._index_cache[k] for k in keys}
-                for k in found:
-                    self._index_cache.move_to_end(k)
+            cache = self._index_cache
+            found_all = list(map(cache.get, keys, repeat(_NOT_CACHED, len(keys))))
+            if not any(index is _NOT_CACHED for index in found_all):  # every index cached: touch them (LRU), done
+                deque(map(cache.move_to_end, keys), maxlen=0)
+                return found_all
+            todo = [k for k in dict.fromkeys(keys) if k not in cache]
+            deque(map(cache.move_to_end, (k for k, index in zip(keys, found_all) if index is not _NOT_CACHED)),
+                  maxlen=0)
+        store_keys = [self._store_key(k) for k in todo]
+        rng = ByteRange(0, layout.index_nbytes) if layout.index_location == "start" else SuffixRange(layout.index_nbytes)
+        raws = self._fetch_shard_ranges(store_keys, [rng] * len(todo))
+        decoded: list[np.ndarray | None] = []
+        for key, raw in zip(store_keys, raws, strict=True):
+            if raw is None:
+                decoded.append(None)
+                continue
+            try:
+                index = layout.index_chain.decode(raw, key=key, array=self.array_name)
+            except CorruptChunkError as exc:
+                raise CorruptChunkError(
+                    f"{self.array_name}: shard index of {key!r} is corrupt: {exc}", array=self.array_name, key=key
+                ) from exc
+            entries = np.asarray(index, dtype=np.uint64).reshape(*layout.chunks_per_shard, 2)
+            check_shard_index(entries, layout, key, self.array_name)
+            decoded.append(entries)
+        with self._index_lock:
+            for k, idx in zip(todo, decoded, strict=True):
+                cache[k] = idx
+                cache.move_to_end(k)
+            while len(cache) > self._index_cache_size:
+                cache.popitem(last=False)
+        # what was cached when this call looked, and what it read: an index evicted since (by this
+        # call's own inserts into a small cache, or another thread's) is still here
+        found = {k: index for k, index in zip(keys, found_all, strict=True) if index is not _NOT_CACHED}
+        found.update(zip(todo, decoded, strict=True))
         return [found[k] for k in keys]
 
     def _fetch_shard_ranges(self, keys: list[str], ranges: list[Any]) -> list[Buffer | None]:
@@ -327,18 +329,21 @@ class ChunkReader:
         entry or a missing shard.
         """
         assert self.shard is not None
-        cps = np.asarray(self.shard.chunks_per_shard, dtype=np.int64)
+        per_axis = tuple(int(c) for c in self.shard.chunks_per_shard)
+        cps = np.asarray(per_axis, dtype=np.int64)
         shard_coords = coords // cps
         inner = coords % cps
         uniq, inverse = unique_rows(shard_coords)
         indexes = self.shard_indexes(uniq)
         # every shard's index as rows of one table (a missing shard: empty entries), then one gather
-        per_shard = int(np.prod(cps))
-        empty = np.empty((per_shard, 2), dtype=np.uint64)
-        empty[:, 0], empty[:, 1] = _MAX_UINT64, 0
-        table = np.stack([empty if index is None else index.reshape(per_shard, 2) for index in indexes]) \
-            if indexes else np.empty((0, per_shard, 2), dtype=np.uint64)
-        entries = table[inverse, np.ravel_multi_index(tuple(inner.T), tuple(cps.tolist()))]
+        per_shard = math.prod(per_axis)
+        if any(index is None for index in indexes):
+            empty = np.empty((per_shard, 2), dtype=np.uint64)
+            empty[:, 0], empty[:, 1] = _MAX_UINT64, 0
+            indexes = [empty if index is None else index for index in indexes]
+        table = np.concatenate(indexes, axis=None).reshape(-1, 2) if indexes else np.empty((0, 2), dtype=np.uint64)
+        inner_strides = np.asarray([math.prod(per_axis[d + 1:]) for d in range(len(per_axis))], dtype=np.int64)
+        entries = table[inverse * per_shard + inner @ inner_strides]
         offsets = entries[:, 0]
         lengths = entries[:, 1]
         present = offsets != _MAX_UINT64
@@ -349,8 +354,8 @@ class ChunkReader:
         uniq, inverse, inner, offsets, lengths, present = self._inner_chunk_extents(coords)
         shard_keys = self.store_keys(uniq)
         shard_of = np.where(present, inverse, -1)
-        return DeferredShardReads(self, shard_keys, shard_of, np.where(present, offsets, 0).astype(np.int64).tolist(),
-                                  lengths.astype(np.int64).tolist(), inner)
+        return DeferredShardReads(self, shard_keys, shard_of, np.where(present, offsets, 0).astype(np.int64),
+                                  lengths.astype(np.int64), inner)
 
     def _read_inner_chunks(self, coords: np.ndarray) -> list[Buffer | None]:
         uniq, inverse, inner, offsets, lengths, present = self._inner_chunk_extents(coords)
@@ -406,11 +411,12 @@ class DeferredShardReads(DeferredReads):
 
     __slots__ = ("inner", "lengths", "reader", "shard_keys", "shard_of", "starts")
 
-    def __init__(self, reader: ChunkReader, shard_keys: list[str], shard_of: np.ndarray, starts: list[int],
-                 lengths: list[int], inner: np.ndarray) -> None:
-        """``shard_keys``: the distinct shards; ``shard_of``: each inner chunk's shard among them (-1: not written)."""
+    def __init__(self, reader: ChunkReader, shard_keys: list[str], shard_of: np.ndarray, starts: np.ndarray,
+                 lengths: np.ndarray, inner: np.ndarray) -> None:
+        """``shard_keys``: the distinct shards; ``shard_of``: each inner chunk's shard among them (-1: not written);
+        ``starts``/``lengths``: each inner chunk's bytes in its shard (int64)."""
         named = [*shard_keys, None]  # position -1: no shard to read
-        super().__init__(reader.fetcher, [named[s] for s in shard_of.tolist()])  # type: ignore[arg-type]
+        super().__init__(reader.fetcher, list(map(named.__getitem__, shard_of.tolist())))  # type: ignore[arg-type]
         self.shard_keys = shard_keys
         self.shard_of = shard_of
         self.reader = reader
@@ -422,7 +428,8 @@ class DeferredShardReads(DeferredReads):
         if isinstance(index, slice):
             return [self[i] for i in range(len(self.keys))[index]]
         key = self.keys[index]
-        return None if key is None else DeferredRead(self.fetcher, key, self.starts[index], self.lengths[index])
+        return None if key is None else DeferredRead(self.fetcher, key, int(self.starts[index]),
+                                                     int(self.lengths[index]))
 
     def key_table(self) -> tuple[list[str], np.ndarray]:
         return self.shard_keys, self.shard_of
@@ -431,7 +438,7 @@ class DeferredShardReads(DeferredReads):
         key = self.keys[index]
         if key is None:
             return None
-        start, length = self.starts[index], self.lengths[index]
+        start, length = int(self.starts[index]), int(self.lengths[index])
         try:
             data = self.fetcher.read_into(key, buffer_for, ByteRange(start, length))
         except RangeNotSatisfiableError as exc:
