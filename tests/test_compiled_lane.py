@@ -276,6 +276,27 @@ def test_a_key_with_a_nul_is_left_to_the_python_path(tmp_path: Path) -> None:
     assert [bytes(blob[o:]).split(b"\0")[0] for o in offsets.tolist()] == [os.fsencode(str(tmp_path / k)) for k in ("c/0", "c/1")]
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["chunks", "shards"])
+@pytest.mark.parametrize("folder", ["ascii", "daten-\u00fc\u00df", "\u6570\u636e", os.fsdecode(b"raw-\xff\xfe")],
+                         ids=["ascii", "latin", "cjk", "undecodable"])
+def test_the_lane_opens_files_under_any_folder_name(tmp_path: Path, folder: str, sharded: bool) -> None:
+    """Paths are handed to the kernel as one NUL-separated blob: every file opens, whatever its name's bytes.
+
+    ASCII, multi-byte UTF-8 and bytes that are not UTF-8 at all (surrogate-escaped): the
+    lane reads every chunk itself (no status left for the Python path) and the batch equals zarr's.
+    """
+    path = tmp_path / folder / "a.zarr"
+    path.parent.mkdir()
+    _, data = _array(path, CODECS["zstd+crc32c"], **({"shards": (32, 64)} if sharded else {}))
+    handle = gpuzarr.open_array(str(path))
+    outcome = _lane_statuses(handle, CROPS)
+    assert outcome is not None
+    status, full = outcome
+    assert (status == compiled.DONE).all()
+    for crop, region in zip(full, CROPS, strict=True):
+        np.testing.assert_array_equal(crop, data[region])
+
+
 def test_truncated_shard_is_named(tmp_path: Path) -> None:
     path = tmp_path / "a.zarr"
     _array(path, CODECS["zstd+crc32c"], shards=(32, 96))

@@ -46,6 +46,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -375,8 +376,6 @@ def _sources(encoded: Any, n: int) -> tuple | None:
     from gpuzarr.storage.base import DeferredRead, DeferredReads
 
     kinds = np.full(n, SKIP, dtype=np.int8)
-    starts = np.zeros(n, dtype=np.int64)
-    lengths = np.zeros(n, dtype=np.int64)
     if isinstance(encoded, DeferredReads):
         paths_of = getattr(encoded.fetcher, "local_paths", None)
         if paths_of is None:
@@ -389,21 +388,28 @@ def _sources(encoded: Any, n: int) -> tuple | None:
         present = path_index >= 0
         if ranged is None:
             kinds[present] = WHOLE_FILE
+            starts = lengths = np.zeros(n, dtype=np.int64)
         else:
             kinds[present] = FILE_RANGE
-            starts[:] = ranged
-            lengths[:] = encoded.lengths
+            starts = np.asarray(ranged, dtype=np.int64)  # the kernel only reads them: no copy of an int64 array
+            lengths = np.asarray(encoded.lengths, dtype=np.int64)
         if not paths:
             return kinds, path_index, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.uint8), starts, lengths, None
         # the paths NUL-terminated, one after another, encoded in one call; a path with a NUL of its own
         # would open another file: such a batch is the Python path's, whose open names the key
-        blob = np.frombuffer(os.fsencode("\0".join(paths) + "\0"), dtype=np.uint8)
-        ends = np.flatnonzero(blob == 0)
-        if len(ends) != len(paths):
+        joined = "\0".join(paths) + "\0"
+        if joined.count("\0") != len(paths):
             return None
+        blob = np.frombuffer(os.fsencode(joined), dtype=np.uint8)
         path_offsets = np.zeros(len(paths), dtype=np.int64)
-        path_offsets[1:] = ends[:-1] + 1
+        if blob.size == len(joined):  # one byte per character (ASCII paths): the offsets are the lengths summed
+            path_offsets[1:] = list(accumulate(map(len, paths[:-1])))
+            path_offsets[1:] += np.arange(1, len(paths))
+        else:
+            path_offsets[1:] = np.flatnonzero(blob == 0)[:-1] + 1
         return kinds, path_index, path_offsets, blob, starts, lengths, None
+    starts = np.zeros(n, dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
     keep = []
     for i in range(n):
         data = encoded[i]
