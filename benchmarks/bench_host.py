@@ -33,6 +33,12 @@ path's cost; what gpuzarr runs by default is the CPU engine's compiled lane
 compiled code spends only decoding those chunks' bytes (``codec(c)``); it includes the
 file reads, so it is the stricter number.
 
+Last, **ceilings**: those one-thread CPU costs times the batch's chunks, spread evenly over
+gpuzarr's decode threads with nothing serial, are the fastest batch its measured CPU allows
+(``codec floor``: CRC32C and decoders alone; ``CPU floor``: with today's host path).
+tensorstore's median batch over each floor bounds the ratio gpuzarr could show on this
+machine, so a ratio target can be checked against what the decoders leave.
+
 Usage::
 
     python benchmarks/bench_host.py                      # all three, 15 rounds
@@ -385,6 +391,35 @@ def compiled_host_time(path: str, workload: Workload, rounds: int, seed: int) ->
             "compiled_codec_us_per_chunk": 1e6 * codec_s / chunks}
 
 
+def _threads() -> int:
+    """gpuzarr's decode threads (the CPU engine's pool: the ``threads`` setting)."""
+    from gpuzarr.threads import cpu_pool
+
+    return cpu_pool().size
+
+
+def ceilings(res: dict[str, Any]) -> dict[str, float]:
+    """The fastest batch gpuzarr's measured CPU allows, and what that would make its ratio to tensorstore.
+
+    The compiled lane's one-thread CPU per chunk (``codec(c)``: CRC32C and the decoders;
+    ``host(c)``: everything else, file reads and planning included) times the batch's
+    chunks, spread evenly over the decode threads with nothing left serial: no real batch
+    is faster. Dividing tensorstore's median batch by it bounds gpuzarr's ratio to
+    tensorstore on this machine, whatever the host path does (codec floor) or with the
+    host path's CPU as it is now (CPU floor). NaN where the lane does not apply.
+    """
+    h, rd = res["host"], res["readers"]
+    threads = _threads()
+    codec_ms = h["chunks_per_batch"] * h["compiled_codec_us_per_chunk"] / threads / 1e3
+    cpu_ms = h["chunks_per_batch"] * (h["compiled_codec_us_per_chunk"] + h["compiled_host_us_per_chunk"]) / threads / 1e3
+    nan = float("nan")
+    ts_ms = rd["tensorstore"]["median_s"] * 1e3 if "tensorstore" in rd else nan
+    gz_ms = rd["gpuzarr"]["median_s"] * 1e3 if "gpuzarr" in rd else nan
+    return {"threads": threads, "tensorstore_ms": ts_ms, "gpuzarr_ms": gz_ms, "codec_floor_ms": codec_ms,
+            "cpu_floor_ms": cpu_ms, "ts_over_codec_floor": ts_ms / codec_ms if codec_ms else nan,
+            "ts_over_cpu_floor": ts_ms / cpu_ms if cpu_ms else nan}
+
+
 def run_workload(workload: Workload, rounds: int, seed: int, readers: list[str], warm_batches: int = 1,
                  warm_ms: float = 50.0) -> dict[str, Any]:
     fns = make_readers(workload.path)
@@ -459,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         with gpuzarr.config.set({"cpu.compiled": "off"}):
             res["host"] = host_time(w.path, w, args.host_rounds, args.seed + 1)
         res["host"].update(compiled_host_time(w.path, w, args.host_rounds, args.seed + 1))
+        res["ceilings"] = ceilings(res)
         results.append(res)
 
     header = (f"{'workload':<9} {'gpuzarr':>8} {'tensorstore':>11} {'zarr-python':>11} {'vs ts':>6} {'vs zarr':>7} "
@@ -483,6 +519,18 @@ def main(argv: list[str] | None = None) -> int:
         eff = {k: rd[k]["crops_per_cpu_s"] if k in rd else float("nan") for k in READERS}
         print(f"{res['workload']:<9} " + " ".join(f"{eff[r]:>24.0f}" for r in READERS)
               + f" {eff['gpuzarr'] / eff['tensorstore']:>6.2f}")
+    print()
+    print(f"{'workload':<9} {'ts ms':>7} {'gpuzarr ms':>10} {'codec floor':>11} {'CPU floor':>9} "
+          f"{'ts/codec floor':>14} {'ts/CPU floor':>12}")
+    for res in results:
+        c = res["ceilings"]
+        print(f"{res['workload']:<9} {c['tensorstore_ms']:>7.2f} {c['gpuzarr_ms']:>10.2f} {c['codec_floor_ms']:>11.2f} "
+              f"{c['cpu_floor_ms']:>9.2f} {c['ts_over_codec_floor']:>14.2f} {c['ts_over_cpu_floor']:>12.2f}")
+    print("Ceilings: the batch time gpuzarr could reach at best, its one-thread CPU split evenly over its\n"
+          f"{_threads()} decode threads with nothing serial: codec floor = chunks x codec(c) (CRC32C and decoders\n"
+          "alone), CPU floor = chunks x (codec(c) + host(c)) (everything it does today, file reads included);\n"
+          "ts/... = tensorstore's median batch over that floor, the most gpuzarr's ratio to tensorstore could be.")
+    print()
     print("crops/s: median of interleaved rounds. Per chunk, CPU µs on one thread, on the Python path: plan\n"
           "(region tuples), plan tbl (start/extent tables), rd+asm (read orchestration + assembly, I/O and codecs\n"
           "excluded), host = plan + rd+asm, codec (time inside the codecs, for scale). On the compiled lane (what\n"
