@@ -61,6 +61,9 @@ def plan_pieces(starts, stops, chunk_shape, shape, grid):
             region[p] = r
             key[p] = linear * n + r
             p += 1
+            # the next chunk of the region's box, the last axis fastest (the compiled lane walks a piece's
+            # rows the same way; not shared with it: Numba's on-disk cache of a function only notices
+            # edits to its own file, so a helper inlined from another file could run stale)
             d = ndim - 1
             while d >= 0:
                 odometer[d] += 1
