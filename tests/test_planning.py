@@ -385,3 +385,12 @@ def test_compiled_planner_takes_batches_whose_key_fits(compiled_planner: None, m
     with gpuzarr.config.set({"cpu.compiled": "off"}):
         plan_batch([(slice(0, 3), slice(2, 9))], (10, 20), (4, 4))
     assert calls == [2, 1]
+
+
+def test_both_planners_plan_a_zero_dimensional_array(compiled_planner: None) -> None:
+    """Shape ``()``: every region is the one element, one chunk with no coordinates (``open_array`` refuses 0-d
+    arrays, but the planner is public and both of its paths agree)."""
+    for regions in ([()], [(), (Ellipsis,)]):
+        reference, got = _both_paths(regions, (), ())
+        _assert_same_plan(got, reference)
+        assert got.chunk_coords.shape == (1, 0) and got.piece_region.tolist() == list(range(len(regions)))

@@ -107,14 +107,6 @@ def plan_pieces(starts, stops, chunk_shape, shape, grid):
     return chunk_coords, offsets, piece_chunk, piece_region, src, dst, extent
 
 
-def warm_up() -> None:
-    """Compile (or load) the one specialisation of each that the planner calls."""
-    bounds = np.zeros((1, 1), dtype=np.int64)
-    one = np.ones(1, dtype=np.int64)
-    plan_pieces(bounds, bounds + 1, one, one, one)
-    unique_rows(bounds)
-
-
 @njit(nogil=True, cache=True)
 def unique_rows(rows):
     """:func:`gpuzarr.plan.planner.unique_rows` in one pass: ``(distinct rows, inverse, True)``.
@@ -161,3 +153,11 @@ def unique_rows(rows):
     for q in range(n):
         out[inverse[order[q]], :] = rows[order[q], :]
     return out, inverse, True
+
+
+def warm_up() -> None:
+    """Compile (or load) the one specialisation of each that the planner calls."""
+    bounds = np.zeros((1, 1), dtype=np.int64)
+    one = np.ones(1, dtype=np.int64)
+    plan_pieces(bounds, bounds + 1, one, one, one)
+    unique_rows(bounds)

@@ -458,7 +458,7 @@ def plan_batch(
                          empty2, np.zeros(1, dtype=np.int64), empty1, empty1, empty2, empty2, empty2)
 
     max_n = n_per_axis.max(axis=0)
-    grid = np.indices(tuple(int(m) for m in max_n), dtype=np.int64).reshape(ndim, -1).T  # (G, ndim)
+    grid = np.indices(tuple(int(m) for m in max_n), dtype=np.int64).reshape(ndim, math.prod(max_n.tolist())).T  # (G, ndim)
     valid = (grid[None, :, :] < n_per_axis[:, None, :]).all(axis=2)  # (R, G)
     r_idx, g_idx = np.nonzero(valid)
     coords = c_lo[r_idx] + grid[g_idx]  # (P, ndim)
