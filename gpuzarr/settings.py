@@ -32,11 +32,14 @@ key                                    meaning
 ``partial_decode.max_fraction``        ... unless the touched blocks are more than this
                                        fraction of the chunk (then the whole chunk decodes)
 ``cpu.compiled``                       the CPU engine's compiled lane
-                                       (:mod:`gpuzarr.engines.compiled`, needs Numba):
-                                       ``"background"`` compiles it on first use in a
-                                       thread and uses it once ready, ``"eager"`` waits
-                                       for it on first use, ``"off"`` never uses it
-``cpu.compile_after_chunks``           chunks read before the background compile starts
+                                       (:mod:`gpuzarr.engines.compiled`, needs Numba) and
+                                       the planner's compiled twins (built on their own,
+                                       for either engine): ``"background"`` compiles each
+                                       on first use in a thread and uses it once ready,
+                                       ``"eager"`` waits for it on first use, ``"off"``
+                                       never uses them
+``cpu.compile_after_chunks``           chunks read (the lane) or regions planned (the
+                                       twins) before the background compile starts
                                        (a script reading a few chunks never imports Numba)
 ``cpu.map_min_bytes``                  the compiled lane maps (``mmap``, pages read in up
                                        front) a local chunk at least this large instead of

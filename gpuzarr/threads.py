@@ -13,12 +13,17 @@ the CPU engine's decode tasks and the GPU engine's fallback decodes share it, so
 ``threads`` setting is one budget, not one per component. Fetchers own I/O pools sized by
 ``io_threads`` (blocking reads wait, they do not compute). A pool whose size comes from
 the settings follows them: a changed setting takes effect at the pool's next use.
+
+:class:`BackgroundBuild` is the one way to make something slow once per process — the
+Numba compiles of the CPU engine's lane and of the planner's twins — on the caller's
+thread or a background one, once enough work has asked for it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +31,7 @@ from typing import Any, TypeVar
 
 from gpuzarr.settings import thread_budget
 
-__all__ = ["ForkLocal", "ThreadPool", "cpu_pool"]
+__all__ = ["BackgroundBuild", "ForkLocal", "ThreadPool", "cpu_pool"]
 
 T = TypeVar("T")
 
@@ -139,3 +144,91 @@ _CPU_POOL = ThreadPool("gpuzarr-cpu", thread_budget)
 def cpu_pool() -> ThreadPool:
     """The process-wide pool for CPU work (decode, fallback decode), ``threads`` threads."""
     return _CPU_POOL
+
+
+class _BuildState:
+    """One process's progress on a :class:`BackgroundBuild`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value: Any = None
+        self.failed: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        self.asked = 0  # work items asked for before a background build started
+
+
+class BackgroundBuild[T]:
+    """A value slow to make (a Numba compile), built once per process, on the caller's thread or a background one.
+
+    ``build()`` makes it. An ``ImportError`` (an optional extra not installed) leaves it
+    unbuilt silently; any other failure is said once in a ``RuntimeWarning`` naming
+    ``what`` and what happens ``instead``. Either way :meth:`get` then answers ``None``
+    for the rest of the process, and callers take their other path. A forked child
+    builds its own (a thread of the parent's never runs in it).
+    """
+
+    def __init__(self, build: Callable[[], T], *, what: str, instead: str) -> None:
+        self._build, self._what, self._instead = build, what, instead
+        self._state: ForkLocal[_BuildState] = ForkLocal(_BuildState)
+
+    def _run(self, state: _BuildState) -> None:
+        try:
+            value = self._build()
+        except ImportError as exc:
+            state.failed = exc
+            return
+        except Exception as exc:  # noqa: BLE001 - any build failure leaves the other path, said once
+            state.failed = exc
+            warnings.warn(f"gpuzarr: {self._what} could not be built ({type(exc).__name__}: {exc}); {self._instead}",
+                          RuntimeWarning, stacklevel=2)
+            return
+        state.value = value
+
+    def built(self) -> T | None:
+        """The value if this process has built it (never starts or waits for a build)."""
+        state = self._state.peek()
+        return None if state is None else state.value
+
+    def join(self) -> T | None:
+        """Wait for a background build in progress, if any (never starts one); the value, or ``None``."""
+        state = self._state.peek()
+        if state is None:
+            return None
+        if state.thread is not None:
+            state.thread.join()
+        return state.value
+
+    def get(self, wait: bool) -> T | None:
+        """The value: ``wait`` builds it now (or waits for the background build); otherwise a build starts in a
+        background thread and this answers ``None`` until it is done."""
+        state = self._state.get()
+        if state.value is not None or state.failed is not None:
+            return state.value
+        with state.lock:
+            if state.value is not None or state.failed is not None:  # built by a caller that held the lock
+                return state.value
+            if state.thread is None:
+                if wait:
+                    self._run(state)
+                    return state.value
+                state.thread = threading.Thread(target=self._run, args=(state,), name="gpuzarr-build", daemon=True)
+                state.thread.start()
+        if wait:
+            state.thread.join()
+        return state.value
+
+    def when_due(self, items: int, *, eager: bool, after: int) -> T | None:
+        """The value for a caller about to do ``items`` work items that the value would speed up.
+
+        ``eager``: build it now and wait. Otherwise the background build starts once ``after``
+        items in all have been asked for in this process (a script that does little never
+        pays for the build), and the answer is ``None`` until it is done.
+        """
+        state = self._state.get()
+        if state.value is not None or state.failed is not None or eager:
+            return self.get(wait=eager)
+        if state.thread is None:
+            state.asked += items
+            if state.asked < after:
+                return None
+        return self.get(wait=False)

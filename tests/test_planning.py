@@ -290,11 +290,10 @@ def test_unique_rows_equals_numpy_unique_along_rows(path: str, rows: list[list[i
     the NumPy steps where it would overflow (any int64 at all).
     """
     import gpuzarr
-    from gpuzarr.engines import compiled
-    from gpuzarr.plan.planner import unique_rows
+    from gpuzarr.plan.planner import twins_ready, unique_rows
 
-    if path == "compiled" and not compiled.ready(wait=True):
-        pytest.skip("the compiled lane (Numba) is not available here")
+    if path == "compiled" and not twins_ready(wait=True):
+        pytest.skip("the compiled twins (Numba) are not available here")
     table = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
     if spread is not None:
         table %= spread  # many repeats when small
@@ -312,13 +311,50 @@ PLAN_FIELDS = ("chunk_coords", "chunk_piece_offsets", "piece_chunk", "piece_regi
 
 @pytest.fixture(scope="module")
 def compiled_planner() -> None:
-    """The compiled planner installed (it comes with the CPU engine's compiled lane; skipped without Numba)."""
-    from gpuzarr.engines import compiled
+    """The compiled planner installed (built by the planner itself; skipped without Numba)."""
     from gpuzarr.plan import planner
 
-    if not compiled.ready(wait=True):
-        pytest.skip("the compiled lane (Numba) is not available here")
+    if not planner.twins_ready(wait=True):
+        pytest.skip("the compiled twins (Numba) are not available here")
     assert planner._compiled_pieces is not None
+
+
+_PLANS_ONLY = """
+import sys
+import gpuzarr
+from gpuzarr.engines import compiled
+from gpuzarr.plan import planner
+regions = [(slice(i, i + 40), slice(2 * i, 2 * i + 50)) for i in range(%d)]
+with gpuzarr.config.set({%s}):
+    for _ in range(%d):
+        plan = planner.plan_batch(regions, (500, 600), (32, 48))
+    planner._twins.join()  # a background build started by planning: wait for it (starts none)
+    print(planner._compiled_pieces is not None, compiled.built(), "numba" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("settings_", "n_regions", "rounds", "want"), [
+    ("'cpu.compiled': 'eager'", 1, 1, "True False True"),  # built before the first plan
+    ("'cpu.compile_after_chunks': 64", 16, 4, "True False True"),  # 64 regions planned: built in the background
+    ("'cpu.compile_after_chunks': 64", 16, 3, "False False False"),  # 48: nothing imported
+    ("'cpu.compiled': 'off'", 100, 2, "False False False"),
+])
+def test_twins_build_on_their_own_without_the_cpu_lane(settings_: str, n_regions: int, rounds: int, want: str) -> None:
+    """A process that only plans (as one reading through the GPU engine does) gets the compiled twins when due,
+    without building the CPU engine's compiled lane; a script planning little never imports Numba."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("numba") is None:
+        pytest.skip("Numba is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUZARR_CPU__")}
+    code = _PLANS_ONLY % (n_regions, settings_, rounds)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == want, proc.stdout + proc.stderr
 
 
 def _both_paths(regions: Any, shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[BatchPlan, BatchPlan]:

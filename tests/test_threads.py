@@ -1,15 +1,17 @@
-"""The one fork-safe pool helper: a child of a fork gets fresh, working pools; sizes follow the settings."""
+"""The fork-safe helpers: a child of a fork gets fresh, working pools; sizes follow the settings; slow builds run once."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import threading
+import time
+import warnings
 
 import pytest
 
 import gpuzarr
-from gpuzarr.threads import ForkLocal, ThreadPool, cpu_pool
+from gpuzarr.threads import BackgroundBuild, ForkLocal, ThreadPool, cpu_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
@@ -79,3 +81,83 @@ def test_shutdown_then_use_starts_again_and_close_runs_once() -> None:
     assert list(pool.map(abs, [-1])) == [1]
     pool.shutdown()
     assert list(pool.map(abs, [-2])) == [2]
+
+
+class _Counted:
+    """A build that counts its calls (and the threads they ran on), slowly, or failing with ``exc``."""
+
+    def __init__(self, exc: BaseException | None = None, seconds: float = 0.0) -> None:
+        self.calls: list[str] = []
+        self.exc, self.seconds = exc, seconds
+
+    def __call__(self) -> str:
+        self.calls.append(threading.current_thread().name)
+        time.sleep(self.seconds)
+        if self.exc is not None:
+            raise self.exc
+        return "built"
+
+
+def test_background_build_runs_once_however_many_callers_wait() -> None:
+    build = _Counted(seconds=0.2)
+    lazy: BackgroundBuild[str] = BackgroundBuild(build, what="a test value", instead="going without")
+    assert lazy.built() is None and lazy.join() is None  # nothing started, nothing made
+    results: list[str | None] = []
+    threads = [threading.Thread(target=lambda: results.append(lazy.get(wait=True))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["built"] * 4 and len(build.calls) == 1
+    assert lazy.built() == "built" and lazy.get(wait=False) == "built"
+
+
+def test_background_build_waits_for_enough_work_then_builds_in_a_thread() -> None:
+    build = _Counted(seconds=0.1)
+    lazy: BackgroundBuild[str] = BackgroundBuild(build, what="a test value", instead="going without")
+    assert lazy.when_due(30, eager=False, after=100) is None
+    assert lazy.when_due(69, eager=False, after=100) is None
+    assert build.calls == []  # 99 items asked for: not yet
+    assert lazy.when_due(1, eager=False, after=100) is None  # the 100th starts it, in the background
+    assert lazy.join() == "built"
+    assert build.calls == ["gpuzarr-build"]
+    assert lazy.when_due(1, eager=False, after=100) == "built"
+
+
+def test_background_build_eager_builds_on_the_callers_thread() -> None:
+    build = _Counted()
+    lazy: BackgroundBuild[str] = BackgroundBuild(build, what="a test value", instead="going without")
+    assert lazy.when_due(1, eager=True, after=10**9) == "built"
+    assert build.calls == [threading.current_thread().name]
+
+
+def test_background_build_failures_leave_the_other_path() -> None:
+    """A missing optional extra (ImportError) is silent; any other failure is said once, naming what and instead."""
+    missing = BackgroundBuild(_Counted(ImportError("no numba")), what="a test value", instead="going without")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert missing.get(wait=True) is None
+        assert missing.get(wait=True) is None
+    broken_build = _Counted(ValueError("bad IR"))
+    broken = BackgroundBuild(broken_build, what="the test value", instead="going without it")
+    with pytest.warns(RuntimeWarning, match=r"the test value could not be built \(ValueError: bad IR\); going without"):
+        assert broken.get(wait=True) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert broken.get(wait=True) is None and broken.when_due(10, eager=False, after=1) is None
+    assert len(broken_build.calls) == 1  # never tried again in this process
+
+
+_FORKED_BUILD = _Counted()
+_FORKED = BackgroundBuild(_FORKED_BUILD, what="a test value", instead="going without")
+
+
+def _child_sees() -> tuple[str | None, str | None, int]:
+    return _FORKED.built(), _FORKED.get(wait=True), len(_FORKED_BUILD.calls)
+
+
+def test_background_build_in_a_forked_child_is_its_own() -> None:
+    assert _FORKED.get(wait=True) == "built" and len(_FORKED_BUILD.calls) == 1
+    with mp.get_context("fork").Pool(1) as workers:
+        before, after, calls = workers.apply_async(_child_sees).get(60)
+    assert (before, after, calls) == (None, "built", 2)  # the child built its own (the parent's one call, then its)

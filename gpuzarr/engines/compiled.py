@@ -42,8 +42,6 @@ import importlib.util
 import mmap
 import os
 import sys
-import threading
-import warnings
 import weakref
 from dataclasses import dataclass
 from itertools import accumulate
@@ -52,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from gpuzarr.settings import config
-from gpuzarr.threads import ForkLocal
+from gpuzarr.threads import BackgroundBuild
 
 __all__ = ["CompiledLane", "available", "lane", "ready", "runs_now", "setting"]
 
@@ -123,55 +121,16 @@ def _map_min() -> int:
 
 
 def _build() -> Any:
-    """Compile (or load from Numba's cache) the kernel and the planner's twins (installed in the planner); returns the kernel."""
+    """Compile (or load from Numba's cache) the kernel; returns it."""
     from gpuzarr.engines import _compiled_kernel
-    from gpuzarr.plan import _compiled_plan, planner
 
     kernel = _compiled_kernel.run_chunks
     _compiled_kernel.warm_up(kernel)
-    _compiled_plan.warm_up()
-    planner.install_compiled(_compiled_plan)
     return kernel
 
 
-class _Compiler:
-    """One compile per process, in a background thread or on the caller's; remade in a forked child."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.kernel: Any = None
-        self.failed: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    def _compile(self) -> None:
-        try:
-            kernel = _build()
-        except ImportError as exc:  # numba missing: the Python path, silently (it is an optional extra)
-            self.failed = exc
-            return
-        except Exception as exc:  # noqa: BLE001 - any compiler failure leaves the Python path, said once
-            self.failed = exc
-            warnings.warn(f"gpuzarr: the CPU engine's compiled lane could not be built ({type(exc).__name__}: "
-                          f"{exc}); reading through the Python path", RuntimeWarning, stacklevel=2)
-            return
-        self.kernel = kernel
-
-    def get(self, wait: bool) -> Any:
-        if self.kernel is not None or self.failed is not None:
-            return self.kernel
-        with self.lock:
-            if self.thread is None:
-                if wait:
-                    self._compile()
-                    return self.kernel
-                self.thread = threading.Thread(target=self._compile, name="gpuzarr-compile", daemon=True)
-                self.thread.start()
-        if wait:
-            self.thread.join()
-        return self.kernel
-
-
-_compiler = ForkLocal(_Compiler)
+_compiler: BackgroundBuild[Any] = BackgroundBuild(_build, what="the CPU engine's compiled lane",
+                                                  instead="reading through the Python path")
 
 
 def available() -> bool:
@@ -184,10 +143,18 @@ def available() -> bool:
 
 
 def ready(wait: bool = False) -> bool:
-    """Whether the kernel is compiled (``wait``: compile now, or wait for the background compile)."""
+    """Whether the kernel is compiled (``wait``: compile now, or wait for the background compile).
+
+    Asks the same of the planner's compiled twins, which the CPU engine plans its batches
+    with (they build on their own, :func:`gpuzarr.plan.planner.twins_ready`), so one
+    ``ready(wait=True)`` before timing leaves nothing of the CPU path to compile.
+    """
     if not available():
         return False
-    return _compiler.get().get(wait) is not None
+    from gpuzarr.plan import planner
+
+    planner.twins_ready(wait)  # nothing while cpu.compiled is "off"
+    return _compiler.get(wait) is not None
 
 
 def setting() -> Any:
@@ -215,7 +182,7 @@ def runs_now() -> bool:
 
 def built() -> bool:
     """Whether the kernel is compiled in this process already (never starts or waits for a compile)."""
-    return available() and _compiler.get().kernel is not None
+    return available() and _compiler.built() is not None
 
 
 def _kernel(n_chunks: int) -> Any:
@@ -225,20 +192,10 @@ def _kernel(n_chunks: int) -> Any:
     have been asked of the lane in this process, so a script that reads a few chunks
     never imports Numba.
     """
-    global _chunks_seen
     mode = setting()
     if mode is None or not available():
         return None
-    compiler = _compiler.get()
-    if mode == "background" and compiler.thread is None and compiler.kernel is None:
-        _chunks_seen += n_chunks
-        if _chunks_seen < config.get("cpu.compile_after_chunks"):
-            return None
-    return compiler.get(wait=mode in ("eager", True))
-
-
-#: chunks asked of the lane before its background compile started (see ``cpu.compile_after_chunks``)
-_chunks_seen = 0
+    return _compiler.when_due(n_chunks, eager=mode in ("eager", True), after=config.get("cpu.compile_after_chunks"))
 
 
 # ----------------------------------------------------------------------------- batch tables

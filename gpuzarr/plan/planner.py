@@ -19,10 +19,13 @@ Integer indices select a single element along an axis and drop that axis from th
 output, exactly as NumPy and zarr do; they are planned as length-1 slices and listed
 in ``squeeze_axes``.
 
-Once the CPU engine's compiled lane is built, :func:`plan_batch` and :func:`unique_rows`
-run their Numba twins (:mod:`gpuzarr.plan._compiled_plan`, installed through
-:func:`install_compiled`) where the twins' int64 sort keys fit; the NumPy steps here are
-the reference they are tested against, and the path otherwise.
+With Numba installed, :func:`plan_batch` and :func:`unique_rows` run their compiled
+twins (:mod:`gpuzarr.plan._compiled_plan`) where the twins' int64 sort keys fit; the
+NumPy steps here are the reference they are tested against, and the path otherwise.
+The twins are built by the planner itself, under the same ``cpu.compiled`` and
+``cpu.compile_after_chunks`` settings as the CPU engine's compiled lane but
+independently of it, so a process that plans for the GPU engine (and never builds the
+CPU lane) plans with them too.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 
 from gpuzarr.errors import RegionError
 from gpuzarr.settings import config
+from gpuzarr.threads import BackgroundBuild
 
 
 class RegionTable(Sequence[tuple[Any, ...]]):
@@ -439,8 +443,8 @@ def plan_batch(
     shp = np.asarray(shape, dtype=np.int64).reshape(ndim)
 
     per_axis = [-(-size // max(c, 1)) for size, c in zip(shape, cs_t, strict=True)]  # chunks along each axis
-    compiled = _compiled_pieces  # the same pieces in one compiled pass, when installed
-    if compiled is not None and math.prod(per_axis) * n_regions < 2**63 and config.get("cpu.compiled") not in _OFF:
+    compiled = _compiled_pieces if _twins_installed(n_regions) else None  # the same pieces in one compiled pass
+    if compiled is not None and math.prod(per_axis) * n_regions < 2**63:
         coords_u, offsets, piece_chunk, piece_region, src_start, dst_start, extent = compiled(
             np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(stops, dtype=np.int64), cs, shp,
             np.asarray(per_axis, dtype=np.int64))
@@ -505,14 +509,55 @@ _OFF = ("off", False)
 def install_compiled(twins: Any) -> None:
     """Let :func:`plan_batch` and :func:`unique_rows` run the compiled twins of module ``twins``.
 
-    ``twins`` is :mod:`gpuzarr.plan._compiled_plan`, installed by the CPU engine's compiled
-    lane once it has compiled it; ``None`` goes back to NumPy. The NumPy steps stay the
-    reference, and the path whenever the ``cpu.compiled`` setting is ``"off"`` or a sort
-    key could overflow int64.
+    ``twins`` is :mod:`gpuzarr.plan._compiled_plan`, installed by the planner's own build
+    (:func:`twins_ready`) once it has compiled it; ``None`` goes back to NumPy for the rest
+    of the process. The NumPy steps stay the reference, and the path whenever the
+    ``cpu.compiled`` setting is ``"off"`` or a sort key could overflow int64.
     """
     global _compiled_pieces, _compiled_unique_rows
     _compiled_pieces = None if twins is None else twins.plan_pieces
     _compiled_unique_rows = None if twins is None else twins.unique_rows
+
+
+def _build_twins() -> Any:
+    """Compile (or load from Numba's cache) the twins and install them; returns their module."""
+    from gpuzarr.plan import _compiled_plan
+
+    _compiled_plan.warm_up()
+    install_compiled(_compiled_plan)
+    return _compiled_plan
+
+
+_twins: BackgroundBuild[Any] = BackgroundBuild(_build_twins, what="the planner's compiled twins",
+                                               instead="planning with NumPy")
+
+
+def twins_ready(wait: bool = False) -> bool:
+    """Whether the compiled twins plan in this process (``wait``: build them now, or wait for the background build).
+
+    Always ``False`` while ``cpu.compiled`` is ``"off"`` or where Numba is not installed.
+    """
+    if config.get("cpu.compiled") in _OFF:
+        return False
+    if _compiled_pieces is None and _twins.built() is None:
+        _twins.get(wait)
+    return _compiled_pieces is not None
+
+
+def _twins_installed(items: int) -> bool:
+    """Whether a plan of ``items`` regions (or rows) runs the compiled twins; builds them when due.
+
+    ``cpu.compiled`` ``"eager"`` builds them before the first plan and waits; ``"background"``
+    starts their build in a thread once ``cpu.compile_after_chunks`` regions and rows in all
+    have been planned in this process (a script planning a few reads never imports Numba),
+    and plans with NumPy until it is done; ``"off"`` never.
+    """
+    mode = config.get("cpu.compiled")
+    if mode in _OFF:
+        return False
+    if _compiled_pieces is None and _twins.built() is None:
+        _twins.when_due(items, eager=mode in ("eager", True), after=config.get("cpu.compile_after_chunks"))
+    return _compiled_pieces is not None
 
 
 def sorted_rows(rows: np.ndarray, then: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -538,8 +583,8 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Like ``np.unique(rows, axis=0, return_inverse=True)``, through :func:`sorted_rows`.
     """
-    compiled = _compiled_unique_rows
-    if compiled is not None and config.get("cpu.compiled") not in _OFF:
+    compiled = _compiled_unique_rows if _twins_installed(len(rows)) else None
+    if compiled is not None:
         distinct, inverse, fits = compiled(np.ascontiguousarray(rows, dtype=np.int64))
         if fits:
             return distinct, inverse
