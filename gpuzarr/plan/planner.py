@@ -537,26 +537,26 @@ def twins_ready(wait: bool = False) -> bool:
 
     Always ``False`` while ``cpu.compiled`` is ``"off"`` or where Numba is not installed.
     """
-    if config.get("cpu.compiled") in _OFF:
-        return False
-    if _compiled_pieces is None and _twins.built() is None:
-        _twins.get(wait)
-    return _compiled_pieces is not None
+    return _twins_installed(0, now=wait)
 
 
-def _twins_installed(items: int) -> bool:
+def _twins_installed(items: int, *, now: bool | None = None) -> bool:
     """Whether a plan of ``items`` regions (or rows) runs the compiled twins; builds them when due.
 
     ``cpu.compiled`` ``"eager"`` builds them before the first plan and waits; ``"background"``
     starts their build in a thread once ``cpu.compile_after_chunks`` regions and rows in all
     have been planned in this process (a script planning a few reads never imports Numba),
-    and plans with NumPy until it is done; ``"off"`` never.
+    and plans with NumPy until it is done; ``"off"`` never. ``now`` (:func:`twins_ready`)
+    starts the build whatever the count, and ``True`` waits for it.
     """
     mode = config.get("cpu.compiled")
     if mode in _OFF:
         return False
-    if _compiled_pieces is None and _twins.built() is None:
-        _twins.when_due(items, eager=mode in ("eager", True), after=config.get("cpu.compile_after_chunks"))
+    if _compiled_pieces is None:
+        if now is not None:
+            _twins.get(now)
+        else:
+            _twins.when_due(items, eager=mode in ("eager", True), after=config.get("cpu.compile_after_chunks"))
     return _compiled_pieces is not None
 
 
